@@ -1,0 +1,8 @@
+"""absl flag definitions of main.py, one module per concern.
+
+Importing this package defines every flag; each module validates its own
+flags at parse time so that a bad value fails with one line naming it.
+"""
+from flags import common  # noqa: F401
+from flags import data  # noqa: F401
+from flags import model  # noqa: F401

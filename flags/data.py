@@ -1,0 +1,1 @@
+"""Dataset flags (--dataset, --data_dir)."""

@@ -1,0 +1,1 @@
+"""Model flags (--teacher, --student)."""
