@@ -1,0 +1,54 @@
+"""The contract every distillation method fulfils, and the registry that holds them.
+
+A method is a Keras layer so that any auxiliary layers it owns (regressors,
+projections, extra classifier heads) are tracked, checkpointed and trained with
+the student. The training step calls it with both networks' outputs and adds
+the returned terms to the distillation loss.
+"""
+import keras
+
+from sskd_tf.registry import Registry
+
+METHODS = Registry("distillation method")
+
+
+class DistillationMethod(keras.layers.Layer):
+    """Base class of a registered distillation method.
+
+    Class attributes tell the training step how to use the method:
+
+    - `needs_teacher`: False for methods that learn without a teacher network.
+    - `gradient_rule`: "sum" adds the distillation gradient to the task gradient;
+      "clip" applies the multi-task rule of KD_methods_with_TF `op_util.py`
+      (spec section 5): per student variable the distillation gradient is clipped
+      by norm to `clip_scale * ||g_ce|| * sigmoid(epoch)`.
+    - `ce_weight`: weight of the student's cross-entropy in the total loss.
+
+    `call(student_out, teacher_out, labels, training)` receives the model output
+    dicts `{"logits": ..., "features": [...]}` (`teacher_out` is None when
+    `needs_teacher` is False) and returns a dict of named, already weighted
+    scalar loss terms. Their sum is the distillation loss.
+    """
+
+    needs_teacher = True
+    gradient_rule = "sum"
+    ce_weight = 1.0
+
+    def __init__(self, clip_scale=1.0, init_epochs=0, **kwargs):
+        super().__init__(**kwargs)
+        self.clip_scale = float(clip_scale)
+        self.init_epochs = int(init_epochs)
+
+    def prepare(self, teacher, train_ds):
+        """Hook run once before training, after the teacher is ready (e.g. to
+        estimate a projection from the teacher's features). Default: nothing."""
+
+    @classmethod
+    def search_space(cls, hp):
+        """keras-tuner hyperparameters of this method, as constructor kwargs."""
+        return {}
+
+
+def build_method(name, **hparams):
+    """Instantiate the registered method `name` with `hparams` overriding its defaults."""
+    return METHODS.get(name)(name=name, **hparams)

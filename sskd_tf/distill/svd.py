@@ -1,0 +1,239 @@
+"""KD-SVD: self-supervised knowledge distillation through singular vectors.
+
+Lee, Kim, Song, "Self-supervised Knowledge Distillation Using Singular Value
+Decomposition", ECCV 2018 (arXiv 1807.06819), section 3.
+
+Each feature map is compressed to its leading right singular vectors; the
+knowledge is the radial-basis-function correlation between the vectors of
+consecutive taps (paper eq. 5-7). Three variants (spec sections 1, 2 and 4):
+
+- "svd": the authors' refined code (KD_methods_with_TF `nets/Shared.py` and
+  `nets/SVP.py`), the default.
+- "eid": the same with the Gram-matrix decomposition (KD-EID).
+- "eccv": the 2018 release (SSKD_SVD `nets/Distillation.py`).
+"""
+import math
+
+import tensorflow as tf
+
+from sskd_tf import linalg
+from sskd_tf.distill.base import METHODS, DistillationMethod
+
+VARIANTS = ("svd", "eid", "eccv")
+RBF_WIDTH = 8.0
+
+
+def _finite_or_zero(x):
+    return tf.where(tf.math.is_finite(x), x, tf.zeros_like(x))
+
+
+def _check_feature_maps(student_feats, teacher_feats):
+    if len(student_feats) != len(teacher_feats):
+        raise ValueError(
+            f"the student has {len(student_feats)} distillation taps and the teacher "
+            f"{len(teacher_feats)}; they must be paired one to one"
+        )
+    if len(student_feats) < 2:
+        raise ValueError("KD-SVD relates consecutive taps: give at least 2 feature maps")
+    for tap, (student, teacher) in enumerate(zip(student_feats, teacher_feats)):
+        s_shape, t_shape = tuple(student.shape[1:]), tuple(teacher.shape[1:])
+        if len(s_shape) != 3 or s_shape != t_shape:
+            raise ValueError(
+                f"tap {tap}: student feature map {s_shape} and teacher feature map {t_shape} "
+                "must be [H, W, D] maps of the same shape"
+            )
+
+
+def _as_matrices(feature_map):
+    _, h, w, d = feature_map.shape
+    return tf.reshape(feature_map, [-1, h * w, d])
+
+
+def rbf_correlation(vectors, previous_vectors, width=RBF_WIDTH):
+    """R[b, i, j, c] = exp(-(v[b, i, c] - v'[b, j, c])^2 / width) (paper eq. 6)."""
+    diff = vectors[:, :, None, :] - previous_vectors[:, None, :, :]
+    return tf.exp(-tf.square(diff) / width)
+
+
+# ---------------------------------------------------------------- refined: svd, eid
+
+
+def leading_components(s, v, n):
+    """First n singular values and right vectors, non-finite entries zeroed,
+    L2-normalised (s over components, each v column over its length): spec section 1,
+    steps 2-3. `tf.math.l2_normalize` is the normalisation of the refined code."""
+    s = tf.math.l2_normalize(_finite_or_zero(s)[:, :n], axis=1)
+    v = tf.math.l2_normalize(_finite_or_zero(v)[:, :, :n], axis=1)
+    return s, v
+
+
+def align_to_teacher(student_v, teacher_v):
+    """For every teacher vector, the student vector most parallel to it, its sign
+    flipped to agree (spec section 1 step 4): V_S A with
+    A[b, j, t] = sign(C[b, j, t]) where |C[b, j, t]| = max_j |C[b, :, t]|, C = V_S^T V_T.
+    Ties select every tied vector (as the original mask does)."""
+    cosine = tf.matmul(student_v, teacher_v, transpose_a=True)
+    magnitude = tf.abs(cosine)
+    is_best = tf.equal(magnitude, tf.reduce_max(magnitude, axis=1, keepdims=True))
+    mask = tf.where(is_best, tf.sign(cosine), tf.zeros_like(cosine))
+    return tf.matmul(student_v, mask)
+
+
+def refined_loss_from_components(student_vs, teacher_ss, teacher_vs, rbf_width=RBF_WIDTH):
+    """Loss of spec section 1, steps 4-7, from normalised components per tap:
+    student_vs [B, D, n_S], teacher_ss [B, K], teacher_vs [B, D, K]."""
+    losses = []
+    previous = None
+    for student_v, teacher_s, teacher_v in zip(student_vs, teacher_ss, teacher_vs):
+        student_v = align_to_teacher(student_v, teacher_v)
+        weight = teacher_s[:, None, :]
+        student_v, teacher_v = student_v * weight, teacher_v * weight
+        if previous is not None:
+            student_r = rbf_correlation(student_v, previous[0], rbf_width)
+            teacher_r = rbf_correlation(teacher_v, previous[1], rbf_width)
+            squared = tf.square(student_r - tf.stop_gradient(teacher_r))
+            losses.append(tf.reduce_sum(_finite_or_zero(squared)))
+        previous = (student_v, teacher_v)
+    return tf.add_n(losses)
+
+
+def _refined_loss(student_feats, teacher_feats, decompose, teacher_components,
+                  student_extra_components, rbf_width):
+    student_vs, teacher_ss, teacher_vs = [], [], []
+    for student, teacher in zip(student_feats, teacher_feats):
+        _, m, n = _as_matrices(student).shape
+        n_teacher = min(teacher_components, m, n)
+        n_student = min(teacher_components + student_extra_components, m, n)
+        t_s, _, t_v = decompose(_as_matrices(teacher))
+        s_s, _, s_v = decompose(_as_matrices(student))
+        t_s, t_v = leading_components(t_s, t_v, n_teacher)
+        _, s_v = leading_components(s_s, s_v, n_student)
+        student_vs.append(s_v)
+        teacher_ss.append(t_s)
+        teacher_vs.append(t_v)
+    return refined_loss_from_components(student_vs, teacher_ss, teacher_vs, rbf_width)
+
+
+# ---------------------------------------------------------------- eccv (2018 release)
+
+
+def _scale_with_finite_gradient(x, weight):
+    """x * weight with the same value, but a zero (not NaN) gradient where weight
+    is not finite."""
+    finite = tf.math.is_finite(weight)
+    safe_weight = tf.where(finite, weight, tf.zeros_like(weight))
+    return tf.where(finite, x * safe_weight, weight + tf.zeros_like(x))
+
+
+def eccv_align(student_v, teacher_v, teacher_s, n, finite_gradient=False):
+    """Alignment of the 2018 release (spec section 4) for one map: per teacher
+    component, the student column of largest |cosine|; both weighted by the
+    teacher's normalised singular values, then the *teacher* vector flipped to agree.
+
+    The weights have no epsilon: a zero teacher map gives NaN, which the pair
+    guard removes from the value. In the original, the NaN also reaches the
+    backward pass and the 2018 gradient zeroes the whole sample;
+    `finite_gradient=True` (used with the exact gradient) keeps the value but
+    gives that product a zero gradient instead.
+    """
+    teacher_v, teacher_s = teacher_v[:, :, :n], teacher_s[:, :n]
+    cosine = tf.matmul(student_v, teacher_v, transpose_a=True)
+    best = tf.argmax(tf.abs(cosine), axis=1)
+    student_v = tf.gather(student_v, best, axis=2, batch_dims=1)
+    weight = tf.stop_gradient(teacher_s / tf.norm(teacher_s, axis=1, keepdims=True))[:, None, :]
+    if finite_gradient:
+        student_v = _scale_with_finite_gradient(student_v, weight)
+    else:
+        student_v = student_v * weight
+    teacher_v = teacher_v * weight
+    agree = tf.reduce_sum(student_v * teacher_v, axis=1, keepdims=True) >= 0
+    return student_v, teacher_v * (2.0 * tf.cast(agree, teacher_v.dtype) - 1.0)
+
+
+def eccv_nan_guard(tensors):
+    """The 2018 release's guard over a pair's four aligned tensors (spec section 4):
+    non-finite entries become 0 and each tensor's gradient is scaled by
+    mask = finite_b * B / (sum_b finite_b + 1e-3), its value left unchanged."""
+    top_finite = tf.math.is_finite(tensors[0]) & tf.math.is_finite(tensors[1])
+    bottom_finite = tf.math.is_finite(tensors[2]) & tf.math.is_finite(tensors[3])
+    sample_finite = tf.cast(
+        tf.reduce_all(top_finite, axis=[1, 2], keepdims=True)
+        & tf.reduce_all(bottom_finite, axis=[1, 2], keepdims=True),
+        tensors[0].dtype,
+    )
+    batch = tf.cast(tf.shape(tensors[0])[0], tensors[0].dtype)
+    mask = sample_finite * batch / (tf.reduce_sum(sample_finite) + 1e-3)
+    guarded = []
+    for tensor, finite in zip(tensors, (top_finite, top_finite, bottom_finite, bottom_finite)):
+        tensor = tf.where(finite, tensor, tf.zeros_like(tensor))
+        guarded.append(tf.stop_gradient((1.0 - mask) * tensor) + mask * tensor)
+    return guarded
+
+
+def eccv_loss_from_components(student_vs, teacher_ss, teacher_vs, num_vectors=1,
+                              rbf_width=RBF_WIDTH, finite_gradient=False):
+    """Loss of the 2018 release from the raw kept components of every tap
+    (spec section 4): one RBF term per consecutive pair,
+    l2_loss(R_S - R_T) * sqrt(n'), with n' = min(n, components of the lower tap)
+    carried over from pair to pair as the original loop does.
+    `finite_gradient`: see `eccv_align`."""
+    losses = []
+    n = num_vectors
+    for top in range(len(student_vs) - 1):
+        bottom = top + 1
+        n = min(n, student_vs[bottom].shape[-1], teacher_vs[bottom].shape[-1])
+        s_top, t_top = eccv_align(student_vs[top], teacher_vs[top], teacher_ss[top], n, finite_gradient)
+        s_bottom, t_bottom = eccv_align(
+            student_vs[bottom], teacher_vs[bottom], teacher_ss[bottom], n, finite_gradient)
+        s_top, t_top, s_bottom, t_bottom = eccv_nan_guard([s_top, t_top, s_bottom, t_bottom])
+        student_r = rbf_correlation(s_top, s_bottom, rbf_width)
+        teacher_r = rbf_correlation(t_top, t_bottom, rbf_width)
+        l2 = 0.5 * tf.reduce_sum(tf.square(student_r - tf.stop_gradient(teacher_r)))
+        losses.append(l2 * math.sqrt(n))
+    return tf.add_n(losses)
+
+
+def _eccv_loss(student_feats, teacher_feats, gradient, num_vectors, rbf_width):
+    student_vs, teacher_ss, teacher_vs = [], [], []
+    for student, teacher in zip(student_feats, teacher_feats):
+        _, m, n = _as_matrices(student).shape
+        kept = min(num_vectors + 1, m, n)
+        _, _, s_v = linalg.svd(_as_matrices(student), gradient)
+        t_s, _, t_v = linalg.svd(_as_matrices(teacher), gradient)
+        student_vs.append(s_v[:, :, :kept])
+        teacher_ss.append(t_s[:, :kept])
+        teacher_vs.append(t_v[:, :, :kept])
+    return eccv_loss_from_components(student_vs, teacher_ss, teacher_vs, num_vectors, rbf_width,
+                                     finite_gradient=gradient != "eccv")
+
+
+# ---------------------------------------------------------------- public API
+
+
+def svd_kd_loss(student_feats, teacher_feats, variant="svd", gradient="original", *,
+                teacher_components=1, student_extra_components=3, rbf_width=RBF_WIDTH):
+    """KD-SVD distillation loss between paired lists of [B, H, W, D] feature maps.
+
+    variant: "svd" (refined KD-SVD, default), "eid" (KD-EID) or "eccv" (2018 release).
+    gradient: "original" (the authors' SVD gradient of that variant: spec section 3
+    for svd/eid, section 4 for eccv) or "exact" (the true, guarded SVD gradient).
+    teacher_components (K), student_extra_components and rbf_width are the
+    refined code's 1, 3 and 8; for "eccv", teacher_components is num_DFV and
+    student_extra_components is unused.
+    Gradients reach the student maps only. Returns a scalar: the sum over taps,
+    with no mean and no weight factor, as the original.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown KD-SVD variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
+    if gradient not in ("original", "exact"):
+        raise ValueError(f"unknown SVD gradient {gradient!r}; choose one of: original, exact")
+    _check_feature_maps(student_feats, teacher_feats)
+    teacher_feats = [tf.stop_gradient(t) for t in teacher_feats]
+    if variant == "eccv":
+        eccv_gradient = "eccv" if gradient == "original" else gradient
+        return _eccv_loss(student_feats, teacher_feats, eccv_gradient, teacher_components, rbf_width)
+    decomposition = linalg.svd if variant == "svd" else linalg.eid
+    return _refined_loss(
+        student_feats, teacher_feats, lambda x: decomposition(x, gradient),
+        teacher_components, student_extra_components, rbf_width,
+    )
