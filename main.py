@@ -1,16 +1,39 @@
-"""Entry point: `python main.py --mode=MODE ...`; each mode lives in sskd_tf/modes/."""
+"""Entry point: `python main.py --mode=MODE ...`; each mode lives in sskd_tf/modes/.
+
+A mistake the user can fix (a bad flag, a missing file, data that cannot be
+found) ends with one line on stderr and exit status 2.
+"""
+import sys
+
 from absl import app
 from absl import flags as absl_flags
 
 import flags  # noqa: F401  (defines every flag of the project)
 from sskd_tf import modes
 
+USAGE_ERROR = 2
+
+
+def _fail(message):
+    sys.stderr.write(f"main.py: error: {message}\n")
+    sys.exit(USAGE_ERROR)
+
+
+def parse_flags(argv):
+    try:
+        return absl_flags.FLAGS(argv)
+    except absl_flags.Error as error:
+        _fail(error)
+
 
 def main(argv):
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-    modes.run(absl_flags.FLAGS.mode, absl_flags.FLAGS)
+        _fail(f"unexpected arguments: {' '.join(argv[1:])}")
+    try:
+        modes.run(absl_flags.FLAGS.mode, absl_flags.FLAGS)
+    except ValueError as error:
+        _fail(error)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -5,4 +5,6 @@ flags at parse time so that a bad value fails with one line naming it.
 """
 from flags import common  # noqa: F401
 from flags import data  # noqa: F401
+from flags import distill  # noqa: F401
 from flags import model  # noqa: F401
+from flags import train  # noqa: F401

@@ -1,1 +1,14 @@
 """Model flags (--teacher, --student)."""
+from absl import flags
+
+from sskd_tf.models import names
+
+flags.DEFINE_string("teacher", "resnet32", f"Teacher network, one of: {names.choices()}.")
+flags.DEFINE_string("student", "",
+                    "Student network (same choices as --teacher); empty picks the teacher's "
+                    "student: resnet* -> resnet8, wrn* -> wrn16_4, X_teacher -> X_student.")
+
+flags.register_validator("teacher", names.is_model_name,
+                         message=f"unknown model; choose one of: {names.choices()}")
+flags.register_validator("student", lambda name: not name or names.is_model_name(name),
+                         message=f"unknown model; choose one of: {names.choices()}")

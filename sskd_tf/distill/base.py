@@ -23,6 +23,8 @@ class DistillationMethod(keras.layers.Layer):
       (spec section 5): per student variable the distillation gradient is clipped
       by norm to `clip_scale * ||g_ce|| * sigmoid(epoch)`.
     - `ce_weight`: weight of the student's cross-entropy in the total loss.
+    - `reduction`: "mean" when the terms average over the batch, "sum" when they
+      add over it (KD-SVD); tells the distributed step how to split them.
 
     `call(student_out, teacher_out, labels, training)` receives the model output
     dicts `{"logits": ..., "features": [...]}` (`teacher_out` is None when
@@ -33,6 +35,7 @@ class DistillationMethod(keras.layers.Layer):
     needs_teacher = True
     gradient_rule = "sum"
     ce_weight = 1.0
+    reduction = "mean"
 
     def __init__(self, clip_scale=1.0, init_epochs=0, **kwargs):
         super().__init__(**kwargs)

@@ -14,6 +14,7 @@ consecutive taps (paper eq. 5-7). Three variants (spec sections 1, 2 and 4):
 """
 import math
 
+import keras
 import tensorflow as tf
 
 from sskd_tf import linalg
@@ -237,3 +238,89 @@ def svd_kd_loss(student_feats, teacher_feats, variant="svd", gradient="original"
         student_feats, teacher_feats, lambda x: decomposition(x, gradient),
         teacher_components, student_extra_components, rbf_width,
     )
+
+
+class KDSVD(DistillationMethod):
+    """KD-SVD as a registered method: `weight * svd_kd_loss(...)` over the taps,
+    with the clipped multi-task gradient of KD_methods_with_TF `op_util.py`.
+
+    project_student: when a student tap is narrower or wider than the teacher's,
+    map it to the teacher's width with a learned 1x1 conv + BN first (as the
+    authors' TF2 rewrite does); spatial sizes must still match.
+    """
+
+    variant = "svd"
+    gradient_rule = "clip"
+    reduction = "sum"
+
+    def __init__(self, gradient="original", weight=1.0, teacher_components=1,
+                 student_extra_components=3, rbf_width=RBF_WIDTH, project_student=False, **kwargs):
+        super().__init__(**kwargs)
+        self.gradient = gradient
+        self.weight = float(weight)
+        self.teacher_components = int(teacher_components)
+        self.student_extra_components = int(student_extra_components)
+        self.rbf_width = float(rbf_width)
+        self.project_student = bool(project_student)
+
+    def build(self, student_out_shape, teacher_out_shape):
+        self.projections = []
+        for tap, (student, teacher) in enumerate(zip(student_out_shape["features"],
+                                                     teacher_out_shape["features"])):
+            if not self.project_student or student[-1] == teacher[-1]:
+                self.projections.append(None)
+                continue
+            if tuple(student[1:3]) != tuple(teacher[1:3]):
+                raise ValueError(
+                    f"tap {tap}: student map {tuple(student[1:])} and teacher map "
+                    f"{tuple(teacher[1:])} differ in spatial size; a 1x1 projection "
+                    "only changes the width")
+            projection = keras.Sequential([
+                keras.layers.Conv2D(teacher[-1], 1, use_bias=False),
+                keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5),
+            ], name=f"{self.name}_project{tap}")
+            projection.build(tuple(student))
+            self.projections.append(projection)
+
+    def call(self, student_out, teacher_out, labels, training=False):
+        del labels
+        student_feats = [
+            feats if projection is None else projection(feats, training=training)
+            for projection, feats in zip(self.projections, student_out["features"])
+        ]
+        loss = svd_kd_loss(
+            student_feats, teacher_out["features"], self.variant, self.gradient,
+            teacher_components=self.teacher_components,
+            student_extra_components=self.student_extra_components, rbf_width=self.rbf_width)
+        return {self.name: self.weight * loss}
+
+    @classmethod
+    def search_space(cls, hp):
+        return {
+            "weight": hp.Float("weight", 1e-2, 1e2, sampling="log", default=1.0),
+            "clip_scale": hp.Float("clip_scale", 0.1, 10.0, sampling="log", default=1.0),
+            "teacher_components": hp.Int("teacher_components", 1, 4, default=1),
+            "student_extra_components": hp.Int("student_extra_components", 0, 6, default=3),
+            "rbf_width": hp.Float("rbf_width", 1.0, 64.0, sampling="log", default=RBF_WIDTH),
+        }
+
+
+@METHODS.register("svd")
+class KDSVDRefined(KDSVD):
+    """Refined KD-SVD (KD_methods_with_TF), spec section 1."""
+
+    variant = "svd"
+
+
+@METHODS.register("eid")
+class KDEID(KDSVD):
+    """KD-EID: KD-SVD with the Gram-matrix decomposition, spec section 2."""
+
+    variant = "eid"
+
+
+@METHODS.register("svd_eccv")
+class KDSVDECCV(KDSVD):
+    """KD-SVD of the 2018 release (SSKD_SVD), spec section 4."""
+
+    variant = "eccv"

@@ -1,0 +1,41 @@
+"""The authors' networks as Keras models with distillation taps.
+
+`build_model(name, num_classes)` returns a functional `keras.Model` whose output is
+`{"logits": [B, classes], "features": [tap0, tap1, ...]}`; the taps are the feature
+maps the distillation methods compare (see each family's module).
+
+Importing this package does not import TensorFlow (the flags validate model names
+through it); the functions that need Keras load their module on first use.
+"""
+import importlib
+
+from sskd_tf.models.names import MODELS, is_model_name, parse_model_name, student_for
+
+__all__ = ["MODELS", "build_model", "count_flops", "count_params", "is_model_name",
+           "logits_model", "parse_model_name", "student_for"]
+
+_LAZY_ATTRIBUTES = {
+    "count_flops": "sskd_tf.models.complexity",
+    "count_params": "sskd_tf.models.complexity",
+    "logits_model": "sskd_tf.models.common",
+}
+
+
+def build_model(name, num_classes, input_shape=(32, 32, 3), weight_decay=0.0):
+    """Build the network `name` (e.g. `resnet32`, `wrn16_4`, `vgg_teacher`).
+
+    weight_decay > 0 attaches `keras.regularizers.L2(weight_decay / 2)` to the variables
+    the authors decay for that family, so that `sum(model.losses)` equals their
+    `weight_decay * sum(w ** 2) / 2`; 0 attaches none.
+    """
+    module, arguments = parse_model_name(name)
+    family = importlib.import_module(f"sskd_tf.models.{module}")
+    return family.build(name=name, num_classes=num_classes, input_shape=tuple(input_shape),
+                        weight_decay=weight_decay, **arguments)
+
+
+def __getattr__(attribute):
+    module = _LAZY_ATTRIBUTES.get(attribute)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
+    return getattr(importlib.import_module(module), attribute)

@@ -1,0 +1,51 @@
+"""Training flags: recipe, optimisation, run directory, scale. Numbers left
+unset take the recipe's value (spec section 5)."""
+from absl import flags
+
+from sskd_tf.training.recipes import RECIPES
+
+STRATEGIES = ("default", "mirrored", "multi_worker")
+
+flags.DEFINE_enum("recipe", "kd_methods", RECIPES.names(),
+                  "kd_methods: KD_methods_with_TF (lr 0.1, 100 epochs, wd 5e-4); "
+                  "eccv2018: SSKD_SVD (lr 0.01, 200 epochs, wd 1e-4, rotation augmentation).")
+flags.DEFINE_integer("epochs", None, "Training epochs (recipe: 100 / 200).", lower_bound=1)
+flags.DEFINE_integer("batch_size", None, "Global training batch (recipe: 128).", lower_bound=1)
+flags.DEFINE_float("learning_rate", None, "Initial learning rate (recipe: 0.1 / 0.01).", lower_bound=0.0)
+flags.DEFINE_list("lr_decay_points", None,
+                  "Fractions of the epochs at which the learning rate decays (recipe: 0.3,0.6,0.8).")
+flags.DEFINE_float("lr_decay_rate", None, "Learning-rate factor at each decay point (recipe: 0.1).",
+                   lower_bound=0.0)
+flags.DEFINE_float("weight_decay", None, "L2 weight decay (recipe: 5e-4 / 1e-4).", lower_bound=0.0)
+flags.DEFINE_string("teacher_weights", None,
+                    "Teacher weights (.keras, .weights.h5 or the authors' .mat); "
+                    "without it the teacher is trained first in train_dir/teacher/.")
+flags.DEFINE_enum("strategy", "default", STRATEGIES,
+                  "default: one device; mirrored: all GPUs (2 logical CPUs without GPU); "
+                  "multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.")
+flags.DEFINE_bool("jit", False, "XLA-compile the train step (jit_compile).")
+flags.DEFINE_bool("overwrite", False, "Replace a finished run in --train_dir.")
+
+
+def decay_points(values):
+    """--lr_decay_points as floats, or None."""
+    return None if values is None else tuple(float(v) for v in values)
+
+
+def _valid_decay_points(values):
+    if values is None:
+        return True
+    try:
+        points = decay_points(values)
+    except ValueError:
+        raise flags.ValidationError(f"not numbers: {','.join(values)}") from None
+    if not all(0.0 < p < 1.0 for p in points):
+        raise flags.ValidationError(f"every point must lie in (0, 1), got {','.join(values)}")
+    if list(points) != sorted(set(points)):
+        raise flags.ValidationError(f"points must be strictly increasing, got {','.join(values)}")
+    return True
+
+
+flags.register_validator("lr_decay_points", _valid_decay_points)
+flags.register_validator("learning_rate", lambda v: v is None or v > 0,
+                         message="the learning rate must be positive")

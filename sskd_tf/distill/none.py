@@ -1,0 +1,13 @@
+"""No distillation: the student (or a teacher) trained alone on its labels."""
+from sskd_tf.distill.base import METHODS, DistillationMethod
+
+
+@METHODS.register("none")
+class NoDistillation(DistillationMethod):
+    """Cross-entropy and weight decay only (the 'Student' baseline of spec section 5)."""
+
+    needs_teacher = False
+
+    def call(self, student_out, teacher_out, labels, training=False):
+        del student_out, teacher_out, labels, training
+        return {}

@@ -1,0 +1,95 @@
+"""Model names, parsed without importing TensorFlow so that flags can validate them.
+
+A name is either fixed (`vgg_teacher`) or a member of a parametric family
+(`resnet{6n+2}`, `wrn{6n+4}_{k}`). The registry maps the pattern shown to users
+to a `Family`, which recognises its members and names the module that builds them.
+"""
+import dataclasses
+import re
+from typing import Callable, Optional
+
+from sskd_tf.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One entry of the model registry.
+
+    module: the module of `sskd_tf.models` whose `build` makes the network.
+    regex: matched against the whole name.
+    arguments: turns the match into the keyword arguments of `build`, or None when
+        the name matches the regex but is not a valid member (e.g. `resnet9`).
+    """
+
+    module: str
+    regex: str
+    arguments: Callable[[re.Match], Optional[dict]]
+
+    def parse(self, name):
+        match = re.fullmatch(self.regex, name)
+        return None if match is None else self.arguments(match)
+
+
+def _resnet_arguments(match):
+    depth = int(match["depth"])
+    if depth < 8 or (depth - 2) % 6:
+        return None
+    return {"blocks_per_stage": (depth - 2) // 6}
+
+
+def _wrn_arguments(match):
+    depth, widen_factor = int(match["depth"]), int(match["widen_factor"])
+    if depth < 10 or (depth - 4) % 6:
+        return None
+    return {"blocks_per_stage": (depth - 4) // 6, "widen_factor": widen_factor}
+
+
+def _role_arguments(role):
+    return lambda match: {"role": role}
+
+
+MODELS = Registry("model")
+MODELS.register("resnet{6n+2}",
+                Family("resnet", r"resnet(?P<depth>[1-9][0-9]*)", _resnet_arguments))
+MODELS.register("wrn{6n+4}_{k}",
+                Family("wrn", r"wrn(?P<depth>[1-9][0-9]*)_(?P<widen_factor>[1-9][0-9]*)",
+                       _wrn_arguments))
+for _family in ("vgg", "mobilenet", "resnext"):
+    for _role in ("teacher", "student"):
+        MODELS.register(f"{_family}_{_role}",
+                        Family(_family, f"{_family}_{_role}", _role_arguments(_role)))
+
+# The usual student of each family's teacher (the pairs of the paper and of the authors' code).
+_STUDENT_OF_FAMILY = {"resnet": "resnet8", "wrn": "wrn16_4"}
+
+
+def choices():
+    """The known names and patterns, as shown in error messages."""
+    return ", ".join(MODELS.names())
+
+
+def parse_model_name(name):
+    """Return (module, build keyword arguments) for `name`; ValueError if it is unknown."""
+    for pattern in MODELS.names():
+        family = MODELS.get(pattern)
+        arguments = family.parse(name)
+        if arguments is not None:
+            return family.module, arguments
+    raise ValueError(f"unknown model {name!r}; choose one of: {choices()}")
+
+
+def is_model_name(name):
+    try:
+        parse_model_name(name)
+    except ValueError:
+        return False
+    return True
+
+
+def student_for(teacher_name):
+    """The student the authors pair with `teacher_name`: resnet* -> resnet8,
+    wrn* -> wrn16_4, X_teacher -> X_student (a student name maps to itself)."""
+    module, _ = parse_model_name(teacher_name)
+    if module in _STUDENT_OF_FAMILY:
+        return _STUDENT_OF_FAMILY[module]
+    return f"{module}_student"

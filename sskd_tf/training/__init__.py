@@ -1,0 +1,2 @@
+"""Training: the distiller (a keras.Model with its own train step), the recipes,
+the learning-rate schedule, callbacks, and the run that ties them together."""

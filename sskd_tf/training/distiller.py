@@ -1,0 +1,199 @@
+"""The distiller: a keras.Model that trains a student against a frozen teacher.
+
+Compiled and fitted like any Keras model (so callbacks, keras-tuner and
+distribution strategies work unchanged); its `train_step` reproduces the
+multi-task update of KD_methods_with_TF `op_util.py` (spec section 5).
+"""
+import keras
+import tensorflow as tf
+
+from sskd_tf.training.schedule import clip_sigmoid, epoch_of_step
+
+
+CLIP_RULES = ("kd_methods", "eccv2018")
+
+
+def clip_scales(epoch, clip_rule, clip_scale=1.0):
+    """(kd_scale, threshold_scale) of the clipped update
+    g_kd -> clip_by_norm(kd_scale * g_kd, threshold_scale * ||g_ce||).
+
+    kd_methods (KD_methods_with_TF op_util.py): kd_scale 1, threshold sigmoid(epoch)
+    (exactly 1 past 1 - 1e-8). eccv2018 (SSKD_SVD train.py): kd_scale
+    sigmoid(epoch - 2), threshold 1. clip_scale multiplies the threshold.
+    """
+    if clip_rule == "kd_methods":
+        return tf.constant(1.0), clip_scale * clip_sigmoid(epoch)
+    if clip_rule == "eccv2018":
+        return tf.sigmoid(tf.cast(epoch, tf.float32) - 2.0), tf.constant(clip_scale)
+    raise ValueError(f"unknown clip rule {clip_rule!r}; choose one of: {', '.join(CLIP_RULES)}")
+
+
+def combine_gradients(ce_grads, wd_grads, kd_grads, rule, kd_scale=1.0, threshold_scale=1.0):
+    """Per-variable combination of the task, weight-decay and distillation gradients.
+
+    rule "sum": g = g_ce + g_wd + g_kd.
+    rule "clip" (spec section 5): g = g_ce + g_wd
+    + clip_by_norm(kd_scale * g_kd, threshold_scale * ||g_ce||).
+    A variable the distillation loss does not reach gets g_ce + g_wd.
+    Returns the gradients and the fraction of the (scaled) distillation
+    gradient's norm kept after clipping (1 when nothing is clipped).
+    """
+    combined, kept_norm, total_norm = [], [], []
+    for g_ce, g_wd, g_kd in zip(ce_grads, wd_grads, kd_grads):
+        parts = [g for g in (g_ce, g_wd) if g is not None]
+        if g_kd is not None:
+            if rule == "clip":
+                g_kd = kd_scale * g_kd
+                threshold = threshold_scale * tf.norm(g_ce) if g_ce is not None else 0.0
+                clipped = tf.clip_by_norm(g_kd, threshold)
+                kept_norm.append(tf.norm(clipped))
+                total_norm.append(tf.norm(g_kd))
+                parts.append(clipped)
+            else:
+                parts.append(g_kd)
+        combined.append(tf.add_n(parts) if parts else None)
+    if not total_norm:
+        return combined, tf.constant(1.0)
+    kept, total = tf.add_n(kept_norm), tf.add_n(total_norm)
+    return combined, tf.where(total > 0, tf.math.divide_no_nan(kept, total), 1.0)
+
+
+class Distiller(keras.Model):
+    """Trains `student` with the cross-entropy, its weight decay and `method`'s loss.
+
+    student, teacher: models whose output is {"logits": ..., "features": [...]}.
+    teacher may be None when the method needs none. method: a DistillationMethod.
+    steps_in_epoch: steps of one pass over the training set, which give the epoch
+    of the clipping rule (see `schedule`). clip_rule: see `clip_scales`.
+    """
+
+    def __init__(self, student, method, teacher=None, *, steps_in_epoch, clip_rule="kd_methods",
+                 **kwargs):
+        super().__init__(**kwargs)
+        if method.needs_teacher and teacher is None:
+            raise ValueError(f"distillation method {method.name!r} needs a teacher")
+        self.student = student
+        self.teacher = teacher
+        self.method = method
+        self.steps_in_epoch = steps_in_epoch
+        self.clip_rule = clip_rule
+        if teacher is not None:
+            teacher.trainable = False
+        self.cross_entropy = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, reduction="sum")
+        self.trackers = {}
+        for name in ("loss", "ce_loss", "wd_loss", "kd_loss", "clip_ratio"):
+            self.trackers[name] = keras.metrics.Mean(name=name)
+        self.trackers["accuracy"] = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.term_trackers = {}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values()) + list(self.term_trackers.values())
+
+    def call(self, images, training=False):
+        return self.student(images, training=training)["logits"]
+
+    def build(self, input_shape):
+        """Run every part once on a small batch so that the method's auxiliary layers
+        exist and its shape checks fail before training starts."""
+        images = tf.zeros([2] + list(input_shape[1:]))
+        labels = tf.zeros([2], tf.int32)
+        student_out = self.student(images, training=False)
+        teacher_out = self.teacher(images, training=False) if self.method.needs_teacher else None
+        terms = self.method(student_out, teacher_out, labels, training=False)
+        for name in terms:
+            self.term_trackers[name] = keras.metrics.Mean(name=f"{name}_loss")
+        super().build(input_shape)
+
+    def _replicas(self):
+        return tf.distribute.get_strategy().num_replicas_in_sync
+
+    def _forward_losses(self, images, labels):
+        """Forward pass and loss terms, each scaled so that summing gradients over
+        replicas reproduces the single-device step: batch means are divided by the
+        number of replicas, batch sums (method.reduction == "sum") are not."""
+        replicas = self._replicas()
+        student_out = self.student(images, training=True)
+        teacher_out = self.teacher(images, training=False) if self.method.needs_teacher else None
+        batch = tf.cast(tf.shape(labels)[0], tf.float32)
+        ce = self.cross_entropy(labels, student_out["logits"]) / (batch * replicas)
+        ce = self.method.ce_weight * ce
+        regularisation = self.student.losses + self.method.losses
+        wd = tf.add_n(regularisation) / replicas if regularisation else tf.constant(0.0)
+        terms = self.method(student_out, teacher_out, labels, training=True)
+        if self.method.reduction == "mean":
+            terms = {name: value / replicas for name, value in terms.items()}
+        return student_out, ce, wd, terms
+
+    def _init_phase(self, epoch, ce_grads, wd_grads, kd_grads, combined):
+        """KD_methods_with_TF `Optimizer_w_Initializer`: during the first init_epochs
+        only variables the distillation loss reaches move, by g_kd + g_wd; after
+        that, training is plain g_ce + g_wd, without distillation. The authors'
+        train_w_distill.py means to zero the momentum between the two phases, but
+        its name test never matches a variable, so the momentum carries over, as here."""
+        in_init = epoch < self.method.init_epochs
+        selected = []
+        for g_ce, g_wd, g_kd, like in zip(ce_grads, wd_grads, kd_grads, combined):
+            if like is None:
+                selected.append(None)
+                continue
+            zeros = tf.zeros_like(like)
+            init = zeros if g_kd is None else g_kd + (zeros if g_wd is None else g_wd)
+            task = tf.add_n([g for g in (g_ce, g_wd) if g is not None] or [zeros])
+            selected.append(tf.where(in_init, init, task))
+        return selected
+
+    def _gradients(self, tape, ce, wd, terms, variables, epoch):
+        """Combined gradients and clip ratio. Separate backward passes are needed
+        only when the rule treats the distillation gradient apart from the others."""
+        if self.method.gradient_rule == "sum" and not self.method.init_epochs:
+            total = tf.add_n([ce, wd] + list(terms.values()))
+            return tape.gradient(total, variables), tf.constant(1.0)
+        ce_grads = tape.gradient(ce, variables)
+        wd_grads = tape.gradient(wd, variables)
+        kd = tf.add_n(list(terms.values())) if terms else None
+        kd_grads = tape.gradient(kd, variables) if terms else [None] * len(variables)
+        kd_scale, threshold_scale = clip_scales(epoch, self.clip_rule, self.method.clip_scale)
+        grads, clip_ratio = combine_gradients(
+            ce_grads, wd_grads, kd_grads, self.method.gradient_rule, kd_scale, threshold_scale)
+        if self.method.init_epochs:
+            grads = self._init_phase(epoch, ce_grads, wd_grads, kd_grads, grads)
+        return grads, clip_ratio
+
+    def train_step(self, data):
+        images, labels = data
+        epoch = epoch_of_step(self.optimizer.iterations, self.steps_in_epoch)
+        variables = self.trainable_variables
+        with tf.GradientTape(persistent=True) as tape:
+            student_out, ce, wd, terms = self._forward_losses(images, labels)
+        grads, clip_ratio = self._gradients(tape, ce, wd, terms, variables, epoch)
+        del tape
+        self.optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
+        self._update_metrics(labels, student_out["logits"], ce, wd, terms, clip_ratio)
+        return {m.name: m.result() for m in self.metrics}
+
+    def _update_metrics(self, labels, logits, ce, wd, terms, clip_ratio):
+        """Report global-batch values: the Mean metrics average over replicas, so every
+        replica-scaled quantity is multiplied back by the number of replicas."""
+        replicas = float(self._replicas())
+        terms = {name: value * replicas for name, value in terms.items()}
+        ce, wd = ce * replicas, wd * replicas
+        kd = tf.add_n(list(terms.values())) if terms else tf.constant(0.0)
+        self.trackers["ce_loss"].update_state(ce)
+        self.trackers["wd_loss"].update_state(wd)
+        self.trackers["kd_loss"].update_state(kd)
+        self.trackers["loss"].update_state(ce + wd + kd)
+        self.trackers["clip_ratio"].update_state(clip_ratio)
+        self.trackers["accuracy"].update_state(labels, logits)
+        for name, value in terms.items():
+            self.term_trackers[name].update_state(value)
+
+    def test_step(self, data):
+        images, labels = data
+        logits = self.student(images, training=False)["logits"]
+        ce = self.cross_entropy(labels, logits) / tf.cast(tf.shape(labels)[0], tf.float32)
+        self.trackers["ce_loss"].update_state(ce)
+        self.trackers["loss"].update_state(ce)
+        self.trackers["accuracy"].update_state(labels, logits)
+        return {"loss": self.trackers["loss"].result(), "accuracy": self.trackers["accuracy"].result()}

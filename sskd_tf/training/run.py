@@ -1,0 +1,246 @@
+"""One training run, as KD_methods_with_TF `train_w_distill.py` does it in TF1:
+get a teacher (load it, or train it first and cache it), distil a student with
+the chosen method, validate every epoch, log, checkpoint and save the results.
+
+Layout of a run directory:
+  checkpoints/      tf.train.CheckpointManager checkpoints (resume point)
+  logs/             TensorBoard events (train/, validation/, the run's flags)
+  history.csv       one row per epoch (survives a resume)
+  student.keras     the final student, with its distillation taps
+  student_export/   the inference-only SavedModel (logits, no taps)
+  results.json      last and best validation accuracy, epochs, wall time
+  teacher/          the teacher's own run, when it was trained here
+"""
+import dataclasses
+import json
+import math
+import os
+import time
+
+import keras
+import tensorflow as tf
+
+from sskd_tf import data as datasets
+from sskd_tf import models
+from sskd_tf.distill import METHODS, build_method
+from sskd_tf.models.mat_weights import load_mat_weights
+from sskd_tf.training import callbacks as run_callbacks
+from sskd_tf.training import files
+from sskd_tf.training.distiller import Distiller
+from sskd_tf.training.recipes import RECIPES
+from sskd_tf.training.schedule import learning_rate_schedule, steps_per_epoch
+from sskd_tf.training.strategy import make_strategy
+
+RESULTS_FILE = "results.json"
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything a run needs; None fields take the recipe's value."""
+
+    teacher: str = "resnet32"
+    student: str = None
+    method: str = "svd"
+    method_options: dict = dataclasses.field(default_factory=dict)
+    dataset: str = datasets.DEFAULT_DATASET
+    data_dir: str = None
+    recipe: str = "kd_methods"
+    epochs: int = None
+    batch_size: int = None
+    learning_rate: float = None
+    lr_decay_points: tuple = None
+    lr_decay_rate: float = None
+    weight_decay: float = None
+    train_dir: str = "runs/default"
+    teacher_weights: str = None
+    seed: int = 0
+    strategy: str = "default"
+    jit: bool = False
+    overwrite: bool = False
+    take_train: int = None
+    take_test: int = None
+    verbose: int = 1
+
+    def resolved(self):
+        """A copy with the recipe's values filled in and the student chosen."""
+        recipe = RECIPES.get(self.recipe)
+        filled = {
+            field.name: getattr(recipe, field.name)
+            for field in dataclasses.fields(recipe)
+            if field.name in {f.name for f in dataclasses.fields(self)}
+            and getattr(self, field.name) is None
+        }
+        student = self.student or models.student_for(self.teacher)
+        return dataclasses.replace(self, student=student, **filled)
+
+
+def _log(config, message):
+    if config.verbose:
+        print(message, flush=True)
+
+
+def _build_method(config):
+    method_class = METHODS.get(config.method)
+    options = dict(config.method_options)
+    if "gradient" in options and not hasattr(method_class, "variant"):
+        options.pop("gradient")
+    return build_method(config.method, **options)
+
+
+def evaluate_accuracy(model, val_ds):
+    """Top-1 accuracy of a {"logits", "features"} model on a dataset."""
+    accuracy = keras.metrics.SparseCategoricalAccuracy()
+
+    @tf.function
+    def logits_of(images):
+        return model(images, training=False)["logits"]
+
+    for images, labels in val_ds:
+        accuracy.update_state(labels, logits_of(images))
+    return float(accuracy.result())
+
+
+def load_teacher_weights(teacher, path):
+    """Weights from a Keras file (.keras / .weights.h5) or the authors' .mat."""
+    if not os.path.exists(path):
+        raise ValueError(f"--teacher_weights: no such file {path!r}")
+    if path.endswith(".mat"):
+        family, _ = models.parse_model_name(teacher.name)
+        load_mat_weights(teacher, path, family)
+    elif path.endswith((".keras", ".weights.h5")):
+        try:
+            teacher.load_weights(path)
+        except (ValueError, OSError) as error:
+            raise ValueError(f"--teacher_weights {path!r} does not fit {teacher.name}: {error}") from None
+    else:
+        raise ValueError(f"--teacher_weights {path!r}: expected a .keras, .weights.h5 or .mat file")
+
+
+def teacher_weights_path(config):
+    """--teacher_weights, or the teacher trained by the same recipe in
+    train_dir/teacher/ (trained now unless an earlier run finished it there)."""
+    if config.teacher_weights:
+        return config.teacher_weights
+    teacher_dir = os.path.join(config.train_dir, "teacher")
+    if os.path.exists(os.path.join(teacher_dir, RESULTS_FILE)):
+        _log(config, f"Reusing the teacher trained in {teacher_dir}")
+    else:
+        _log(config, f"Training the teacher {config.teacher} first, in {teacher_dir}")
+        train(dataclasses.replace(config, method="none", student=config.teacher, method_options={},
+                                  train_dir=teacher_dir, overwrite=False, teacher_weights=None))
+    return os.path.join(teacher_dir, "student.keras")
+
+
+def load_teacher(config, num_classes, weights_path, val_ds):
+    """The frozen teacher with its weights, and its validation accuracy."""
+    teacher = models.build_model(config.teacher, num_classes)
+    load_teacher_weights(teacher, weights_path)
+    accuracy = evaluate_accuracy(teacher, val_ds)
+    _log(config, f"Teacher {config.teacher}: validation accuracy {accuracy:.4f}")
+    return teacher, accuracy
+
+
+def _check_run_dir(config):
+    results = os.path.join(config.train_dir, RESULTS_FILE)
+    if os.path.exists(results) and not config.overwrite:
+        raise ValueError(
+            f"{config.train_dir} holds a finished run; pass --overwrite to replace it "
+            "or choose another --train_dir")
+    if config.overwrite:
+        files.clear_run(config.train_dir)
+    os.makedirs(config.train_dir, exist_ok=True)
+
+
+def build_distiller(config, method, teacher, student, steps_in_epoch):
+    """The compiled distiller with its SGD + Nesterov optimizer and LR schedule."""
+    recipe = RECIPES.get(config.recipe)
+    schedule = learning_rate_schedule(
+        config.learning_rate, config.lr_decay_points, config.lr_decay_rate, config.epochs,
+        steps_in_epoch, init_epochs=method.init_epochs)
+    optimizer = keras.optimizers.SGD(schedule, momentum=recipe.momentum, nesterov=recipe.nesterov)
+    distiller = Distiller(student, method, teacher, steps_in_epoch=steps_in_epoch,
+                          clip_rule=recipe.clip_rule)
+    distiller.build((None,) + tuple(student.input_shape[1:]))
+    distiller.compile(optimizer=optimizer, jit_compile=config.jit)
+    optimizer.build(distiller.trainable_variables)
+    return distiller
+
+
+def _results(config, history_rows, wall_time, teacher_accuracy, total_epochs):
+    val_accuracy = [float(row["val_accuracy"]) for row in history_rows]
+    return {
+        "method": config.method,
+        "teacher": config.teacher if METHODS.get(config.method).needs_teacher else None,
+        "student": config.student,
+        "dataset": config.dataset,
+        "recipe": config.recipe,
+        "seed": config.seed,
+        "epochs": total_epochs,
+        "last_val_accuracy": val_accuracy[-1] if val_accuracy else None,
+        "best_val_accuracy": max(val_accuracy) if val_accuracy else None,
+        "teacher_val_accuracy": teacher_accuracy,
+        "wall_time_s": wall_time,
+        "val_accuracy": val_accuracy,
+    }
+
+
+def train(config):
+    """Run `config` to the end (resuming from its last checkpoint) and return its results."""
+    config = config.resolved()
+    _check_run_dir(config)
+    keras.utils.set_random_seed(config.seed)
+    strategy = make_strategy(config.strategy)
+    train_ds, val_ds, info = datasets.build_datasets(
+        config.dataset, config.data_dir, batch_size=config.batch_size,
+        eval_batch_size=RECIPES.get(config.recipe).eval_batch_size, recipe=config.recipe,
+        seed=config.seed, take_train=config.take_train, take_test=config.take_test)
+    steps_in_epoch = steps_per_epoch(config.batch_size, info.num_train)
+    needs_teacher = METHODS.get(config.method).needs_teacher
+    weights_path = teacher_weights_path(config) if needs_teacher else None
+    start = time.time()
+    with strategy.scope():
+        method = _build_method(config)
+        teacher, teacher_accuracy = (load_teacher(config, info.num_classes, weights_path, val_ds)
+                                     if needs_teacher else (None, None))
+        student = models.build_model(config.student, info.num_classes, weight_decay=config.weight_decay)
+        method.prepare(teacher, train_ds)
+        distiller = build_distiller(config, method, teacher, student, steps_in_epoch)
+    total_epochs = config.epochs + method.init_epochs
+    checkpoint = run_callbacks.RunCheckpoint(config.train_dir, distiller)
+    initial_epoch = checkpoint.restore()
+    if initial_epoch:
+        _log(config, f"Resuming {config.train_dir} at epoch {initial_epoch}")
+    callbacks = run_callbacks.standard_callbacks(config, checkpoint)
+    if initial_epoch < total_epochs:
+        distiller.fit(train_ds, validation_data=val_ds, epochs=total_epochs,
+                      initial_epoch=initial_epoch, callbacks=callbacks, verbose=config.verbose,
+                      shuffle=False)
+    wall_time = time.time() - start + checkpoint.previous_wall_time()
+    results = _results(config, run_callbacks.read_history(config.train_dir), wall_time,
+                       teacher_accuracy, total_epochs)
+    files.save_student(student, config.train_dir)
+    files.write_json(os.path.join(config.train_dir, RESULTS_FILE), results)
+    _log(config, format_results(results))
+    return results
+
+
+def format_results(results):
+    """The end-of-run table."""
+    rows = [
+        ("method", results["method"]),
+        ("student / teacher", f"{results['student']} / {results['teacher'] or '-'}"),
+        ("dataset, epochs", f"{results['dataset']}, {results['epochs']}"),
+        ("last val accuracy", _percent(results["last_val_accuracy"])),
+        ("best val accuracy", _percent(results["best_val_accuracy"])),
+        ("teacher val accuracy", _percent(results["teacher_val_accuracy"])),
+        ("wall time", f"{results['wall_time_s']:.1f} s"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    lines = ["", "| " + "result".ljust(width) + " | value |", "|" + "-" * (width + 2) + "|-------|"]
+    lines += [f"| {name.ljust(width)} | {value} |" for name, value in rows]
+    return "\n".join(lines)
+
+
+def _percent(value):
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
+
