@@ -1,0 +1,26 @@
+"""Datasets (cifar100, cifar10, digits) and their tf.data input pipelines.
+
+`get_dataset_info(name)`, `load_arrays(name, data_dir)` and `build_datasets(name, ...)` are the
+entry points; `RECIPES` names the preprocessing recipes `build_datasets` accepts.
+
+Importing this package registers every dataset but does not import TensorFlow, so that
+flags/data.py can take the names from here; `build_datasets` and the recipes load TensorFlow
+on first use.
+"""
+import importlib
+
+from sskd_tf.data import cifar, digits  # noqa: F401  (register the datasets)
+from sskd_tf.data.catalog import DATASETS, DatasetInfo, get_dataset_info, load_arrays
+from sskd_tf.data.names import DATASET_NAMES, DEFAULT_DATASET, DEFAULT_RECIPE, RECIPES
+
+_LOADED_ON_USE = {"build_datasets": "sskd_tf.data.pipeline"}
+
+
+def __getattr__(name):
+    if name in _LOADED_ON_USE:
+        return getattr(importlib.import_module(_LOADED_ON_USE[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["DATASETS", "DATASET_NAMES", "DEFAULT_DATASET", "DEFAULT_RECIPE", "RECIPES",
+           "DatasetInfo", "build_datasets", "get_dataset_info", "load_arrays"]

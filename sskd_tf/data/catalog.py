@@ -1,0 +1,62 @@
+"""The dataset registry: what each dataset is (`DatasetInfo`) and how its arrays are loaded."""
+import dataclasses
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+
+from sskd_tf.registry import Registry
+
+IMAGE_SHAPE = (32, 32, 3)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """Static facts about a dataset; known without its data on disk."""
+
+    name: str
+    num_classes: int
+    image_shape: Tuple[int, int, int]
+    num_train: int
+    num_test: int
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSource:
+    """A registered dataset: its info and `load(data_dir)` returning the four arrays."""
+
+    info: DatasetInfo
+    load: Callable[[Optional[str]], tuple]
+
+
+DATASETS = Registry("dataset")
+
+
+def get_dataset_info(name):
+    """The `DatasetInfo` of a registered dataset; reads nothing from disk."""
+    return DATASETS.get(name).info
+
+
+def load_arrays(name, data_dir=None):
+    """Loads a dataset as (train_images, train_labels, test_images, test_labels).
+
+    Images are uint8 [N, 32, 32, 3] (RGB, channels last), labels int64 [N]. Each dataset's
+    module says where it looks for data; a missing dataset raises a one-line ValueError.
+    """
+    source = DATASETS.get(name)
+    arrays = source.load(data_dir)
+    _check_arrays(source.info, arrays)
+    train_images, train_labels, test_images, test_labels = arrays
+    return (train_images, train_labels.astype(np.int64), test_images,
+            test_labels.astype(np.int64))
+
+
+def _check_arrays(info, arrays):
+    for split, images, labels in (("train", *arrays[:2]), ("test", *arrays[2:])):
+        if images.dtype != np.uint8 or images.shape[1:] != info.image_shape:
+            raise ValueError(f"{info.name} {split} images are {images.dtype} {images.shape}, "
+                             f"expected uint8 [N, {', '.join(map(str, info.image_shape))}]")
+        if labels.shape != (len(images),):
+            raise ValueError(f"{info.name} {split} has {len(images)} images but labels of "
+                             f"shape {labels.shape}")
+        if len(labels) and not 0 <= labels.min() <= labels.max() < info.num_classes:
+            raise ValueError(f"{info.name} {split} labels fall outside [0, {info.num_classes})")

@@ -1,0 +1,44 @@
+"""The 8x8 handwritten digits, bundled as `digits.npz` so that a run needs no download.
+
+Provenance: the test set of the UCI "Optical Recognition of Handwritten Digits" data set
+(Alpaydin and Kaynak, 1998; CC BY 4.0), as redistributed by scikit-learn (BSD-3-Clause) in
+`sklearn.datasets.load_digits`: 1,797 images of 8x8 grey levels 0..16, 10 classes.
+`build_digits_npz.py` wrote `digits.npz` from it: grey levels scaled to 0..255, and a fixed
+stratified split of 1,437 train / 360 test images stored as indices.
+
+To fit the 32x32x3 networks, each image is upscaled 4x by nearest neighbour (every original
+pixel becomes a 4x4 block; no interpolated grey levels are invented, and the result is the same
+on every machine) and repeated over the three colour channels. The recipes then normalise it
+with the CIFAR constants, which put the black background at -1.6..-1.9 and full ink at
++1.8..+2.0 depending on the channel: a usable scale for networks with batch normalisation, so no
+digits-specific constants are kept.
+"""
+import os
+
+import numpy as np
+
+from sskd_tf.data.catalog import DATASETS, IMAGE_SHAPE, DatasetInfo, DatasetSource
+
+NPZ_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.npz")
+_UPSCALE = IMAGE_SHAPE[0] // 8
+
+
+def to_cifar_shape(images):
+    """uint8 [N, 8, 8] -> uint8 [N, 32, 32, 3]: 4x nearest-neighbour upscale, grey to RGB."""
+    upscaled = images.repeat(_UPSCALE, axis=1).repeat(_UPSCALE, axis=2)
+    return np.ascontiguousarray(np.repeat(upscaled[..., None], IMAGE_SHAPE[2], axis=3))
+
+
+def load_digits(data_dir=None):
+    """The four arrays of the bundled digits; `data_dir` is not used."""
+    del data_dir
+    with np.load(NPZ_PATH) as bundle:
+        images, labels = to_cifar_shape(bundle["images"]), bundle["labels"].astype(np.int64)
+        train, test = bundle["train_indices"], bundle["test_indices"]
+    return images[train], labels[train], images[test], labels[test]
+
+
+DATASETS.register("digits", DatasetSource(
+    info=DatasetInfo("digits", num_classes=10, image_shape=IMAGE_SHAPE,
+                     num_train=1_437, num_test=360),
+    load=load_digits))

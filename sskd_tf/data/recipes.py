@@ -1,0 +1,94 @@
+"""Preprocessing and augmentation recipes, applied to whole batches inside the tf.data graph.
+
+Both recipes normalise with the authors' constants. They are CIFAR-100's per-channel mean and
+standard deviation listed in B, G, R order, while the images are RGB: red is centred with blue's
+mean and the other way round. Both of the authors' pipelines do this; it is kept so that the
+networks see the same inputs (it is only a different fixed affine map per channel, which the
+first convolution absorbs).
+
+All randomness is stateless and drawn from the `seed` given with each batch, so a pipeline
+replays exactly from its seed.
+"""
+import math
+
+import tensorflow as tf
+
+from sskd_tf.registry import Registry
+
+CIFAR_MEAN = (112.4776, 124.1058, 129.3773)
+CIFAR_STD = (70.4587, 65.4312, 68.2094)
+PAD = 4
+MAX_ROTATION_DEGREES = 15.0
+
+AUGMENTATIONS = Registry("recipe")
+
+
+def normalize(images):
+    """uint8 (or float) images -> float32 (x - CIFAR_MEAN) / CIFAR_STD, per channel."""
+    return (tf.cast(images, tf.float32) - CIFAR_MEAN) / CIFAR_STD
+
+
+def random_flip_left_right(images, seed):
+    """Mirrors each image of the batch with probability 1/2."""
+    flip = tf.random.stateless_uniform([tf.shape(images)[0]], seed) < 0.5
+    return tf.where(flip[:, None, None, None], tf.reverse(images, axis=[2]), images)
+
+
+def crop(images, offsets, size):
+    """Crops `size` x `size` from each image at its own (row, column) offset, [B, 2] ints."""
+    window = tf.range(size)
+    rows = tf.gather(images, offsets[:, :1] + window, axis=1, batch_dims=1)
+    return tf.gather(rows, offsets[:, 1:] + window, axis=2, batch_dims=1)
+
+
+def rotate(images, angles):
+    """Rotates each image counterclockwise by its angle (radians) about its centre.
+
+    Nearest-neighbour sampling; pixels rotated in from outside the image are 0.
+    """
+    height, width = tf.unstack(tf.cast(tf.shape(images)[1:3], tf.float32))
+    center_x, center_y = (width - 1) / 2, (height - 1) / 2
+    cos, sin = tf.cos(angles), tf.sin(angles)
+    zeros = tf.zeros_like(angles)
+    # Each row maps an output pixel (x, y) to the input pixel it is sampled from.
+    output_to_input = tf.stack([
+        cos, -sin, center_x - cos * center_x + sin * center_y,
+        sin, cos, center_y - sin * center_x - cos * center_y,
+        zeros, zeros], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=output_to_input, output_shape=tf.shape(images)[1:3],
+        fill_value=0.0, interpolation="NEAREST", fill_mode="CONSTANT")
+
+
+@AUGMENTATIONS.register("kd_methods")
+def kd_methods_augment(images, seed):
+    """KD_methods_with_TF `dataloader.py`: random flip, reflect-pad 4, random 32x32 crop.
+
+    As in the original, which crops the padded batch in one call, the crop offset is drawn once
+    per batch and shared by all its images; the flips are drawn per image.
+    """
+    flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    images = random_flip_left_right(images, flip_seed)
+    padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]], mode="REFLECT")
+    return tf.image.stateless_random_crop(padded, tf.shape(images), crop_seed)
+
+
+@AUGMENTATIONS.register("eccv2018")
+def eccv2018_augment(images, seed):
+    """SSKD_SVD `preprocessing/cifar100_preprocessing.py` (`train.py` asks for 'cifar100').
+
+    Random flip, random rotation in [-15, 15) degrees (nearest), zero-pad 4, random 32x32
+    crop, all drawn per image. As in the original, rotation and padding act on normalised
+    images, so their filled pixels are 0 after normalisation (the mean colour), not black.
+    """
+    flip_seed, angle_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
+    batch = tf.shape(images)[0]
+    images = random_flip_left_right(images, flip_seed)
+    max_angle = math.radians(MAX_ROTATION_DEGREES)
+    images = rotate(images, tf.random.stateless_uniform(
+        [batch], angle_seed, minval=-max_angle, maxval=max_angle))
+    padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]])
+    offsets = tf.random.stateless_uniform([batch, 2], crop_seed, maxval=2 * PAD + 1,
+                                          dtype=tf.int32)
+    return crop(padded, offsets, tf.shape(images)[1])
+

@@ -1,0 +1,328 @@
+"""Tests of sskd_tf.data and flags/data.py on small data written here (no network)."""
+import importlib
+import io
+import os
+import pickle
+import subprocess
+import sys
+import tarfile
+from unittest import mock
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sskd_tf import data
+from sskd_tf.data import recipes
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _random_images(rng, count):
+    return rng.integers(0, 256, size=(count, 32, 32, 3), dtype=np.uint8)
+
+
+def _cifar_rows(images):
+    """The archive's row layout, written out: all red values, then green, then blue."""
+    rows = np.zeros((len(images), 3072), np.uint8)
+    for channel in range(3):
+        rows[:, channel * 1024:(channel + 1) * 1024] = images[..., channel].reshape(-1, 1024)
+    return rows
+
+
+def _pickle_batch(images, label_key, labels):
+    batch = {b"batch_label": b"fake", label_key: [int(label) for label in labels],
+             b"data": _cifar_rows(images)}
+    return pickle.dumps(batch, protocol=2)
+
+
+def _write_python_copy(root, folder, batches, as_archive):
+    """Writes {file name: pickled bytes} as `root/folder/` or as `root/<archive>`."""
+    os.makedirs(root, exist_ok=True)
+    if not as_archive:
+        os.makedirs(os.path.join(root, folder))
+        for file_name, payload in batches.items():
+            with open(os.path.join(root, folder, file_name), "wb") as file:
+                file.write(payload)
+        return
+    archive_name = {"cifar-100-python": "cifar-100-python.tar.gz",
+                    "cifar-10-batches-py": "cifar-10-python.tar.gz"}[folder]
+    with tarfile.open(os.path.join(root, archive_name), "w:gz") as archive:
+        for file_name, payload in batches.items():
+            member = tarfile.TarInfo(f"{folder}/{file_name}")
+            member.size = len(payload)
+            archive.addfile(member, io.BytesIO(payload))
+
+
+def _fake_cifar100(root, as_archive, seed=0):
+    rng = np.random.default_rng(seed)
+    train, test = _random_images(rng, 6), _random_images(rng, 4)
+    train_labels, test_labels = rng.integers(0, 100, 6), rng.integers(0, 100, 4)
+    _write_python_copy(root, "cifar-100-python", {
+        "train": _pickle_batch(train, b"fine_labels", train_labels),
+        "test": _pickle_batch(test, b"fine_labels", test_labels)}, as_archive)
+    return train, train_labels, test, test_labels
+
+
+def _fake_cifar10(root, as_archive, seed=0):
+    rng = np.random.default_rng(seed)
+    train, test = _random_images(rng, 10), _random_images(rng, 3)
+    train_labels, test_labels = rng.integers(0, 10, 10), rng.integers(0, 10, 3)
+    batches = {f"data_batch_{i + 1}": _pickle_batch(train[2 * i:2 * i + 2], b"labels",
+                                                     train_labels[2 * i:2 * i + 2])
+               for i in range(5)}
+    batches["test_batch"] = _pickle_batch(test, b"labels", test_labels)
+    _write_python_copy(root, "cifar-10-batches-py", batches, as_archive)
+    return train, train_labels, test, test_labels
+
+
+def _assert_arrays_equal(loaded, expected):
+    for got, want in zip(loaded, expected):
+        np.testing.assert_array_equal(got, want)
+    assert loaded[0].dtype == np.uint8 and loaded[1].dtype == np.int64
+
+
+def test_registered_names_match_the_tensorflow_free_lists():
+    assert data.DATASETS.names() == sorted(data.DATASET_NAMES)
+    assert recipes.AUGMENTATIONS.names() == sorted(data.RECIPES)
+    assert data.DEFAULT_DATASET == "cifar100" and data.DEFAULT_RECIPE == "kd_methods"
+
+
+def test_dataset_info_needs_no_data():
+    assert data.get_dataset_info("cifar100") == data.DatasetInfo(
+        "cifar100", num_classes=100, image_shape=(32, 32, 3), num_train=50_000, num_test=10_000)
+    assert data.get_dataset_info("cifar10").num_classes == 10
+    assert data.get_dataset_info("digits").num_train == 1_437
+    with pytest.raises(ValueError, match="digits"):
+        data.get_dataset_info("mnist")
+
+
+@pytest.mark.parametrize("as_archive", [False, True], ids=["folder", "archive"])
+@pytest.mark.parametrize("fake", [_fake_cifar100, _fake_cifar10], ids=["cifar100", "cifar10"])
+def test_python_copy_is_read_pixel_for_pixel(tmp_path, fake, as_archive):
+    expected = fake(str(tmp_path), as_archive)
+    name = "cifar100" if fake is _fake_cifar100 else "cifar10"
+    loaded = data.load_arrays(name, data_dir=str(tmp_path))
+    _assert_arrays_equal(loaded, expected)
+    row = _cifar_rows(expected[0][:1])[0]
+    assert loaded[0][0, 0, 1, 0] == row[1] and loaded[0][0, 2, 3, 2] == row[2048 + 2 * 32 + 3]
+
+
+def test_data_dir_may_be_the_folder_or_the_archive_itself(tmp_path):
+    expected = _fake_cifar100(str(tmp_path / "extracted"), as_archive=False)
+    _assert_arrays_equal(
+        data.load_arrays("cifar100", str(tmp_path / "extracted" / "cifar-100-python")), expected)
+    expected = _fake_cifar100(str(tmp_path / "packed"), as_archive=True, seed=1)
+    archive = tmp_path / "packed" / "cifar-100-python.tar.gz"
+    _assert_arrays_equal(data.load_arrays("cifar100", str(archive)), expected)
+
+
+def test_without_data_dir_the_keras_cache_is_read(tmp_path, monkeypatch):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(data.cifar, "find_tfds_copy", lambda name, data_dir: None)
+    with pytest.raises(ValueError, match="Keras cache"):
+        data.load_arrays("cifar100")
+    expected = _fake_cifar100(str(tmp_path / "datasets" / "cifar-100-python-target"),
+                              as_archive=False)
+    _assert_arrays_equal(data.load_arrays("cifar100"), expected)
+
+
+def test_unpickler_refuses_anything_but_arrays(tmp_path):
+    folder = tmp_path / "cifar-100-python"
+    folder.mkdir()
+    for file_name in ("train", "test"):
+        (folder / file_name).write_bytes(pickle.dumps({b"data": os.system}, protocol=2))
+    with pytest.raises(pickle.UnpicklingError, match="refusing"):
+        data.load_arrays("cifar100", str(tmp_path))
+
+
+def _cifar100_binary(images, fine_labels):
+    """TFDS's source format: per image a coarse label byte, a fine label byte, then the row."""
+    return b"".join(bytes([label % 20, label]) + row
+                    for row, label in zip(map(bytes, _cifar_rows(images)), fine_labels))
+
+
+def test_prepared_tfds_copy_is_read(tmp_path, monkeypatch):
+    """Prepares a real TFDS cifar100 from fake source files, then loads it through our code."""
+    import tensorflow_datasets as tfds
+
+    try:
+        importlib.import_module("importlib_resources")
+    except ImportError:  # TFDS 4.9.10 needs it but does not declare it (tensorflow/datasets#11212)
+        monkeypatch.setitem(sys.modules, "importlib_resources", importlib.import_module(
+            "importlib.resources"))
+    rng = np.random.default_rng(3)
+    train, test = _random_images(rng, 7), _random_images(rng, 3)
+    train_labels, test_labels = rng.permutation(100)[:7], rng.permutation(100)[:3]
+    source = tmp_path / "source" / "cifar-100-binary"
+    source.mkdir(parents=True)
+    (source / "train.bin").write_bytes(_cifar100_binary(train, train_labels))
+    (source / "test.bin").write_bytes(_cifar100_binary(test, test_labels))
+    (source / "coarse_label_names.txt").write_text("\n".join(f"c{i}" for i in range(20)))
+    (source / "fine_label_names.txt").write_text("\n".join(f"f{i}" for i in range(100)))
+    tfds_dir = tmp_path / "tfds"
+    builder = tfds.builder("cifar100", data_dir=str(tfds_dir))
+    with mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
+                           return_value=str(tmp_path / "source")):
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            compute_stats=tfds.download.ComputeStatsMode.SKIP))
+
+    loaded = data.load_arrays("cifar100", data_dir=str(tfds_dir))
+    for got_images, got_labels, images, labels in ((*loaded[:2], train, train_labels),
+                                                   (*loaded[2:], test, test_labels)):
+        assert sorted(got_labels) == sorted(labels)
+        by_label = dict(zip(labels, images))
+        for image, label in zip(got_images, got_labels):
+            np.testing.assert_array_equal(image, by_label[label])
+
+
+def test_missing_cifar_fails_at_once_naming_the_ways_out(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare",
+                           side_effect=AssertionError("must not download")):
+        with pytest.raises(ValueError) as raised:
+            data.load_arrays("cifar100", data_dir=str(tmp_path))
+    message = str(raised.value)
+    assert "\n" not in message
+    assert "no network" in message and "--dataset=digits" in message
+    assert "--data_dir" in message and "cifar-100-python.tar.gz" in message
+
+
+def test_digits_shapes_classes_and_fixed_split():
+    train_images, train_labels, test_images, test_labels = data.load_arrays("digits")
+    assert train_images.shape == (1437, 32, 32, 3) and test_images.shape == (360, 32, 32, 3)
+    assert train_images.dtype == np.uint8 and train_labels.dtype == np.int64
+    assert set(train_labels) == set(test_labels) == set(range(10))
+    assert np.all(np.abs(np.bincount(test_labels) - 36) <= 1)
+    assert train_images.max() == 255 and train_images.min() == 0
+    blocks = train_images[:, ::4, ::4, :].repeat(4, axis=1).repeat(4, axis=2)
+    np.testing.assert_array_equal(train_images, blocks)
+    np.testing.assert_array_equal(train_images[..., 0], train_images[..., 2])
+    with np.load(data.digits.NPZ_PATH) as bundle:
+        split = np.concatenate([bundle["train_indices"], bundle["test_indices"]])
+    assert sorted(split) == list(range(1797))
+    again = data.load_arrays("digits")
+    np.testing.assert_array_equal(again[1], train_labels)
+    np.testing.assert_array_equal(again[3], test_labels)
+
+
+def test_normalisation_constants_are_applied_exactly():
+    image = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3)).astype(np.uint8)
+    mean = np.array([112.4776, 124.1058, 129.3773])
+    std = np.array([70.4587, 65.4312, 68.2094])
+    normalized = recipes.normalize(image).numpy()
+    np.testing.assert_allclose(normalized, (image - mean) / std, atol=1e-6)
+    float32 = np.float32
+    np.testing.assert_array_equal(
+        normalized, (image.astype(float32) - mean.astype(float32)) / std.astype(float32))
+
+
+def _seed(value):
+    return tf.constant([value, 0], tf.int64)
+
+
+def test_kd_methods_reflects_and_shares_one_crop_per_batch():
+    image = np.arange(32 * 32 * 3, dtype=np.float32).reshape(32, 32, 3)
+    reflected = np.pad(image, [(4, 4), (4, 4), (0, 0)], mode="reflect")
+    crops = {(row, col): reflected[row:row + 32, col:col + 32]
+             for row in range(9) for col in range(9)}
+    batch = tf.constant(np.repeat(image[None], 16, axis=0))
+    offsets_seen, flip_counts = set(), set()
+    for seed in range(30):
+        out = recipes.kd_methods_augment(batch, _seed(seed)).numpy()
+        assert out.shape == (16, 32, 32, 3)
+        flipped = out[:, 0, 0, 0] > out[:, 0, -1, 0]
+        flip_counts.add(int(flipped.sum()))
+        batch_offsets = set()
+        for augmented, was_flipped in zip(out, flipped):
+            view = augmented[:, ::-1] if was_flipped else augmented
+            matches = [key for key, crop in crops.items() if np.array_equal(view, crop)]
+            assert len(matches) == 1
+            row, col = matches[0]
+            batch_offsets.add((row, 8 - col) if was_flipped else (row, col))
+        assert len(batch_offsets) == 1  # one crop offset for the whole batch, as in the original
+        offsets_seen |= batch_offsets
+    assert len(offsets_seen) > 10 and any(0 in offset or 8 in offset for offset in offsets_seen)
+    assert any(0 < count < 16 for count in flip_counts)  # flips are drawn per image
+
+
+def test_rotate_is_exact_at_right_angles():
+    image = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
+    out = recipes.rotate(tf.constant(image), tf.constant([0.0, np.pi / 2])).numpy()
+    np.testing.assert_array_equal(out[0], image[0])
+    np.testing.assert_array_equal(out[1], np.rot90(image[1], k=1))
+
+
+def test_eccv2018_keeps_shape_and_fills_with_zero():
+    ones = tf.ones([32, 32, 32, 3])
+    out = recipes.eccv2018_augment(ones, _seed(0)).numpy()
+    assert out.shape == (32, 32, 32, 3)
+    assert set(np.unique(out)) <= {0.0, 1.0} and (out == 0).any()
+    per_image_zero_counts = (out == 0).sum(axis=(1, 2, 3))
+    assert len(set(per_image_zero_counts)) > 1
+
+
+def _first_batch(dataset):
+    images, labels = next(iter(dataset))
+    return images.numpy(), labels.numpy()
+
+
+def test_pipeline_counts_take_and_keeps_the_last_partial_batch():
+    train_ds, val_ds, info = data.build_datasets(
+        "digits", batch_size=128, eval_batch_size=200, take_train=300, take_test=250)
+    assert info.num_train == 300 and info.num_test == 250 and info.num_classes == 10
+    assert [int(labels.shape[0]) for _, labels in train_ds] == [128, 128, 44]
+    assert [int(labels.shape[0]) for _, labels in val_ds] == [200, 50]
+
+
+def test_pipeline_replays_its_seed_and_reshuffles_each_pass():
+    train_ds = data.build_datasets("digits", seed=0, take_train=300)[0]
+    first = _first_batch(train_ds)
+    assert first[0].dtype == np.float32 and first[0].shape == (128, 32, 32, 3)
+    assert not np.array_equal(first[1], _first_batch(train_ds)[1])
+
+    same = _first_batch(data.build_datasets("digits", seed=0, take_train=300)[0])
+    np.testing.assert_array_equal(first[0], same[0])
+    np.testing.assert_array_equal(first[1], same[1])
+    other = _first_batch(data.build_datasets("digits", seed=1, take_train=300)[0])
+    assert not np.array_equal(first[1], other[1])
+
+
+def test_validation_batches_are_normalised_test_images_in_order():
+    _, val_ds, _ = data.build_datasets("digits", recipe="eccv2018", take_test=250)
+    _, _, test_images, test_labels = data.load_arrays("digits")
+    images = np.concatenate([batch.numpy() for batch, _ in val_ds])
+    labels = np.concatenate([batch.numpy() for _, batch in val_ds])
+    np.testing.assert_array_equal(labels, test_labels[:250])
+    np.testing.assert_array_equal(images, recipes.normalize(test_images[:250]).numpy())
+
+
+def test_unknown_recipe_fails_before_loading():
+    with pytest.raises(ValueError, match="kd_methods"):
+        data.build_datasets("cifar100", recipe="autoaugment")
+
+
+def test_data_flags_validate_at_parse_time(tmp_path):
+    from absl import flags as absl_flags
+
+    import flags.data  # noqa: F401
+
+    flag_values = absl_flags.FLAGS
+    try:
+        flag_values(["main.py", "--dataset=digits", f"--data_dir={tmp_path}"])
+        assert flag_values.dataset == "digits" and flag_values.data_dir == str(tmp_path)
+        with pytest.raises(absl_flags.IllegalFlagValueError, match="no such file"):
+            flag_values(["main.py", f"--data_dir={tmp_path / 'missing'}"])
+        with pytest.raises(absl_flags.IllegalFlagValueError):
+            flag_values(["main.py", "--dataset=imagenet"])
+    finally:
+        flag_values.unparse_flags()
+
+
+def test_flag_module_does_not_import_tensorflow():
+    script = ("import importlib.util, sys\n"
+              "spec = importlib.util.spec_from_file_location('data_flags', 'flags/data.py')\n"
+              "spec.loader.exec_module(importlib.util.module_from_spec(spec))\n"
+              "assert 'tensorflow' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", script], cwd=REPO, check=True)
