@@ -144,16 +144,15 @@ class Distiller(keras.Model):
             selected.append(tf.where(in_init, init, task))
         return selected
 
-    def _gradients(self, tape, ce, wd, terms, variables, epoch):
+    def _gradients(self, tape, losses, variables, epoch):
         """Combined gradients and clip ratio. Separate backward passes are needed
         only when the rule treats the distillation gradient apart from the others."""
+        ce, wd, kd, total = losses
         if self.method.gradient_rule == "sum" and not self.method.init_epochs:
-            total = tf.add_n([ce, wd] + list(terms.values()))
             return tape.gradient(total, variables), tf.constant(1.0)
         ce_grads = tape.gradient(ce, variables)
         wd_grads = tape.gradient(wd, variables)
-        kd = tf.add_n(list(terms.values())) if terms else None
-        kd_grads = tape.gradient(kd, variables) if terms else [None] * len(variables)
+        kd_grads = tape.gradient(kd, variables)
         kd_scale, threshold_scale = clip_scales(epoch, self.clip_rule, self.method.clip_scale)
         grads, clip_ratio = combine_gradients(
             ce_grads, wd_grads, kd_grads, self.method.gradient_rule, kd_scale, threshold_scale)
@@ -167,7 +166,9 @@ class Distiller(keras.Model):
         variables = self.trainable_variables
         with tf.GradientTape(persistent=True) as tape:
             student_out, ce, wd, terms = self._forward_losses(images, labels)
-        grads, clip_ratio = self._gradients(tape, ce, wd, terms, variables, epoch)
+            kd = tf.add_n(list(terms.values())) if terms else tf.constant(0.0)
+            total = ce + wd + kd
+        grads, clip_ratio = self._gradients(tape, (ce, wd, kd, total), variables, epoch)
         del tape
         self.optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
         self._update_metrics(labels, student_out["logits"], ce, wd, terms, clip_ratio)

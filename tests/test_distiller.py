@@ -1,0 +1,124 @@
+"""The Distiller's update rule, checked against hand-computed values and against
+gradients taken independently of its train step."""
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sskd_tf.distill.base import DistillationMethod
+from sskd_tf.training.distiller import Distiller, clip_scales, combine_gradients
+from sskd_tf.training.schedule import clip_sigmoid, learning_rate_schedule
+
+
+def test_clip_rule_on_hand_values():
+    g_ce, g_wd, g_kd = tf.constant([3.0, 4.0]), tf.constant([1.0, 1.0]), tf.constant([6.0, 8.0])
+    # ||g_ce|| = 5, sigmoid(0) = 0.5: threshold 2.5, so g_kd [6, 8] becomes [1.5, 2].
+    kd_scale, threshold = clip_scales(0.0, "kd_methods")
+    grads, ratio = combine_gradients([g_ce], [g_wd], [g_kd], "clip", kd_scale, threshold)
+    np.testing.assert_allclose(grads[0].numpy(), [5.5, 7.0])
+    np.testing.assert_allclose(ratio.numpy(), 0.25)
+    # eccv2018: clip_by_norm(sigmoid(0 - 2) * g_kd, ||g_ce||): 10 * 0.1192 = 1.19 < 5, kept.
+    kd_scale, threshold = clip_scales(0.0, "eccv2018")
+    grads, ratio = combine_gradients([g_ce], [g_wd], [g_kd], "clip", kd_scale, threshold)
+    np.testing.assert_allclose(grads[0].numpy(), [4.0, 5.0] + np.array([6.0, 8.0]) / (1 + np.exp(2.0)), rtol=1e-6)
+    np.testing.assert_allclose(ratio.numpy(), 1.0)
+
+
+def test_sum_rule_and_unreached_variables():
+    grads, ratio = combine_gradients(
+        [tf.constant([1.0]), tf.constant([2.0]), None],
+        [None, tf.constant([0.5]), None],
+        [tf.constant([10.0]), None, None], "sum")
+    np.testing.assert_allclose(grads[0].numpy(), [11.0])
+    np.testing.assert_allclose(grads[1].numpy(), [2.5])
+    assert grads[2] is None
+    assert float(ratio) == 1.0
+
+
+def test_clip_sigmoid_saturates_to_exactly_one():
+    assert float(clip_sigmoid(0.0)) == pytest.approx(0.5)
+    assert float(clip_sigmoid(1.0)) == pytest.approx(1 / (1 + np.exp(-1)))
+    assert float(clip_sigmoid(19.0)) == 1.0
+
+
+def test_learning_rate_decays_at_fractions_of_the_epochs():
+    schedule = learning_rate_schedule(0.1, (0.3, 0.6, 0.8), 0.1, epochs=10, steps_in_epoch=5)
+    rates = [float(schedule(step)) for step in (0, 14, 15, 29, 30, 39, 40)]
+    np.testing.assert_allclose(rates, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.0001], rtol=1e-6)
+
+
+class SquaredFeatureLoss(DistillationMethod):
+    """A toy method of two terms adding to 5 * sum((student - teacher feature)^2)."""
+
+    gradient_rule = "clip"
+    reduction = "sum"
+
+    def call(self, student_out, teacher_out, labels, training=False):
+        squared = tf.square(student_out["features"][0] - teacher_out["features"][0])
+        return {"toy": 3.0 * tf.reduce_sum(squared), "toy_more": 2.0 * tf.reduce_sum(squared)}
+
+
+def _toy_model(seed, weight_decay=0.0):
+    inputs = keras.Input((3,))
+    regularizer = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
+    hidden = keras.layers.Dense(4, kernel_regularizer=regularizer,
+                                kernel_initializer=keras.initializers.RandomNormal(seed=seed))(inputs)
+    logits = keras.layers.Dense(2, kernel_initializer=keras.initializers.RandomNormal(seed=seed + 1))(hidden)
+    return keras.Model(inputs, {"logits": logits, "features": [hidden]})
+
+
+def test_train_step_applies_the_clip_rule_to_every_variable():
+    student, teacher = _toy_model(0, weight_decay=0.1), _toy_model(10)
+    method = SquaredFeatureLoss(name="toy")
+    distiller = Distiller(student, method, teacher, steps_in_epoch=4)
+    distiller.build((None, 3))
+    distiller.compile(optimizer=keras.optimizers.SGD(1.0))
+    images = tf.constant(np.random.default_rng(0).normal(size=(6, 3)), tf.float32)
+    labels = tf.constant([0, 1, 1, 0, 1, 0])
+    before = [v.numpy() for v in student.trainable_variables]
+
+    with tf.GradientTape(persistent=True) as tape:
+        out = student(images)
+        ce = tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, out["logits"], from_logits=True))
+        wd = 0.05 * tf.reduce_sum(tf.square(student.trainable_variables[0]))
+        kd = 5.0 * tf.reduce_sum(tf.square(out["features"][0] - teacher(images)["features"][0]))
+    expected = []
+    for v in student.trainable_variables:
+        g_ce, g_wd, g_kd = tape.gradient(ce, v), tape.gradient(wd, v), tape.gradient(kd, v)
+        update = g_ce.numpy() + (0 if g_wd is None else g_wd.numpy())
+        if g_kd is not None:
+            threshold = 0.5 * np.linalg.norm(g_ce.numpy())
+            norm = np.linalg.norm(g_kd.numpy())
+            update = update + g_kd.numpy() * min(1.0, threshold / norm)
+        expected.append(update)
+
+    logs = distiller.train_step((images, labels))
+    for v, b, e in zip(student.trainable_variables, before, expected):
+        np.testing.assert_allclose(b - v.numpy(), e, rtol=1e-5, atol=1e-6)
+    assert float(logs["clip_ratio"]) < 1.0
+    assert {"loss", "ce_loss", "wd_loss", "kd_loss", "toy_loss", "toy_more_loss", "clip_ratio",
+            "accuracy"} <= set(logs)
+    assert all(np.allclose(t.numpy(), t0) for t, t0 in zip(teacher.weights, [w.numpy() for w in _toy_model(10).weights]))
+
+
+class SummedFeatureLoss(SquaredFeatureLoss):
+    gradient_rule = "sum"
+
+
+def test_train_step_of_a_sum_rule_method_descends_the_total_loss():
+    student, teacher = _toy_model(0, weight_decay=0.1), _toy_model(10)
+    distiller = Distiller(student, SummedFeatureLoss(name="toy"), teacher, steps_in_epoch=4)
+    distiller.build((None, 3))
+    distiller.compile(optimizer=keras.optimizers.SGD(0.5))
+    images = tf.constant(np.random.default_rng(1).normal(size=(6, 3)), tf.float32)
+    labels = tf.constant([0, 1, 1, 0, 1, 0])
+    before = [v.numpy() for v in student.trainable_variables]
+    with tf.GradientTape() as tape:
+        out = student(images)
+        total = (tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(labels, out["logits"], from_logits=True))
+                 + 0.05 * tf.reduce_sum(tf.square(student.trainable_variables[0]))
+                 + 5.0 * tf.reduce_sum(tf.square(out["features"][0] - teacher(images)["features"][0])))
+    expected = [g.numpy() for g in tape.gradient(total, student.trainable_variables)]
+    distiller.train_step((images, labels))
+    for v, b, e in zip(student.trainable_variables, before, expected):
+        np.testing.assert_allclose((b - v.numpy()) / 0.5, e, rtol=1e-5, atol=1e-6)

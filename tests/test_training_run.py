@@ -1,0 +1,179 @@
+"""End-to-end runs on a tiny slice of digits: outputs, TensorBoard, resume,
+distribution, and the command line."""
+import glob
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sskd_tf.training import callbacks as run_callbacks
+from sskd_tf.training.run import RunConfig, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", batch_size=64,
+            take_train=128, take_test=64, epochs=1, verbose=0)
+
+
+@pytest.fixture(scope="module")
+def distilled_run(tmp_path_factory):
+    train_dir = str(tmp_path_factory.mktemp("run"))
+    results = train(RunConfig(method="svd", train_dir=train_dir, **TINY))
+    return train_dir, results
+
+
+def _scalars(event_dir):
+    tags = {}
+    for path in glob.glob(os.path.join(event_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                tags.setdefault(value.tag, []).append(event.step)
+    return tags
+
+
+def test_a_run_trains_the_teacher_first_then_distils(distilled_run):
+    train_dir, results = distilled_run
+    assert os.path.exists(os.path.join(train_dir, "teacher", "results.json"))
+    assert results["method"] == "svd" and results["teacher"] == "resnet8"
+    assert 0.0 <= results["last_val_accuracy"] <= 1.0
+    assert results["best_val_accuracy"] == max(results["val_accuracy"])
+    assert results["teacher_val_accuracy"] is not None and results["wall_time_s"] > 0
+    with open(os.path.join(train_dir, "results.json")) as handle:
+        assert json.load(handle) == results
+
+
+def test_outputs_are_a_checkpoint_a_keras_file_and_an_export_without_taps(distilled_run):
+    train_dir, _ = distilled_run
+    assert tf.train.latest_checkpoint(os.path.join(train_dir, "checkpoints"))
+    student = keras.models.load_model(os.path.join(train_dir, "student.keras"))
+    images = np.zeros((2, 32, 32, 3), np.float32)
+    out = student(images)
+    assert set(out) == {"logits", "features"}
+    exported = tf.saved_model.load(os.path.join(train_dir, "student_export"))
+    logits = exported.serve(images)
+    np.testing.assert_allclose(logits.numpy(), out["logits"].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_tensorboard_has_every_loss_term_the_clip_ratio_and_the_learning_rate(distilled_run):
+    train_dir, _ = distilled_run
+    train_tags = _scalars(os.path.join(train_dir, "logs", "train"))
+    for tag in ("epoch_loss", "epoch_ce_loss", "epoch_wd_loss", "epoch_kd_loss", "epoch_svd_loss",
+                "epoch_clip_ratio", "epoch_accuracy", "epoch_learning_rate"):
+        assert tag in train_tags, tag
+    validation_tags = _scalars(os.path.join(train_dir, "logs", "validation"))
+    assert "epoch_accuracy" in validation_tags and "epoch_loss" in validation_tags
+    text_tags = set()
+    for path in glob.glob(os.path.join(train_dir, "logs", "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            text_tags.update(value.tag for value in event.summary.value)
+    assert "run_settings" in text_tags
+
+
+def test_a_finished_run_is_not_overwritten(distilled_run):
+    train_dir, _ = distilled_run
+    with pytest.raises(ValueError, match="holds a finished run; pass --overwrite"):
+        train(RunConfig(method="svd", train_dir=train_dir, **TINY))
+
+
+class _CrashAtEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.crash_epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.crash_epoch:
+            raise RuntimeError("simulated crash")
+
+
+def _optimizer_steps(train_dir):
+    reader = tf.train.load_checkpoint(os.path.join(train_dir, "checkpoints"))
+    names = [n for n in reader.get_variable_to_shape_map() if n.startswith("optimizer/") and "iteration" in n]
+    assert len(names) == 1, names
+    return int(reader.get_tensor(names[0]))
+
+
+def test_an_interrupted_run_resumes_at_the_right_epoch(tmp_path, monkeypatch, distilled_run):
+    teacher_weights = os.path.join(distilled_run[0], "teacher", "student.keras")
+    config = RunConfig(method="svd", train_dir=str(tmp_path), teacher_weights=teacher_weights,
+                       **dict(TINY, epochs=3))
+    standard = run_callbacks.standard_callbacks
+    monkeypatch.setattr(run_callbacks, "standard_callbacks",
+                        lambda *args: standard(*args) + [_CrashAtEpoch(2)])
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config)
+    assert not os.path.exists(tmp_path / "results.json")
+    assert _optimizer_steps(str(tmp_path)) == 2 * 2
+    monkeypatch.setattr(run_callbacks, "standard_callbacks", standard)
+    results = train(config)
+    assert len(results["val_accuracy"]) == 3
+    assert _optimizer_steps(str(tmp_path)) == 3 * 2
+    epochs = [int(row["epoch"]) for row in run_callbacks.read_history(str(tmp_path))]
+    assert epochs == [0, 1, 2]
+
+
+MIRRORED_SCRIPT = textwrap.dedent("""
+    import json, sys
+    import numpy as np, keras, tensorflow as tf
+    from sskd_tf.training.strategy import make_strategy
+    from sskd_tf.training.distiller import Distiller
+    from sskd_tf.distill import build_method
+
+    def toy(seed):
+        inputs = keras.Input((8, 8, 3))
+        init = keras.initializers.GlorotUniform(seed=seed)
+        a = keras.layers.Conv2D(4, 3, padding="same", activation="relu", kernel_initializer=init)(inputs)
+        b = keras.layers.Conv2D(6, 3, strides=2, padding="same", activation="relu", kernel_initializer=init)(a)
+        logits = keras.layers.Dense(3, kernel_initializer=init)(keras.layers.GlobalAveragePooling2D()(b))
+        return keras.Model(inputs, {"logits": logits, "features": [a, b]})
+
+    def one_update(strategy, method_name, options):
+        with strategy.scope():
+            student, teacher = toy(1), toy(2)
+            method = build_method(method_name, **options)
+            distiller = Distiller(student, method, teacher, steps_in_epoch=10)
+            distiller.build((None, 8, 8, 3))
+            distiller.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
+        rng = np.random.default_rng(0)
+        images = rng.normal(size=(8, 8, 8, 3)).astype("float32")
+        labels = rng.integers(0, 3, size=8)
+        data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+        distiller.fit(data, epochs=1, verbose=0)
+        return [v.numpy().tolist() for v in student.trainable_variables]
+
+    mirrored = make_strategy("mirrored")
+    assert mirrored.num_replicas_in_sync == 2
+    out = {}
+    for name, options in [("soft_logits", {}), ("svd", {"clip_scale": 1e6})]:
+        out[name] = [one_update(tf.distribute.get_strategy(), name, options),
+                     one_update(mirrored, name, options)]
+    json.dump(out, sys.stdout)
+""")
+
+
+def test_mirrored_strategy_on_two_cpus_gives_the_single_device_update():
+    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], cwd=REPO, capture_output=True,
+                            text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name, (single, mirrored) in json.loads(result.stdout).items():
+        for a, b in zip(single, mirrored):
+            np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-4, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--method=bogus"], "flag --method=bogus: value should be one of"),
+    (["--epochs=0"], "flag --epochs=0"),
+    (["--lr_decay_points=0.6,0.3"], "strictly increasing"),
+    (["--dataset=digits", "--teacher_weights=/nonexistent.keras", "--teacher=resnet8"], "no such file"),
+])
+def test_bad_flags_exit_with_one_line(argv, message):
+    result = subprocess.run([sys.executable, "main.py", *argv], cwd=REPO, capture_output=True,
+                            text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=300)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.startswith("main.py: error:")]
+    assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
