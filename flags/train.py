@@ -24,6 +24,11 @@ flags.DEFINE_enum("strategy", "default", STRATEGIES,
                   "default: one device; mirrored: all GPUs (2 logical CPUs without GPU); "
                   "multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.")
 flags.DEFINE_bool("jit", False, "XLA-compile the train step (jit_compile).")
+flags.DEFINE_bool("deterministic", False,
+                  "TensorFlow op determinism: with --seed, two runs give identical weights.")
+flags.DEFINE_integer("max_consecutive_skips", 20,
+                     "Steps with a non-finite loss or gradient are skipped; stop the run after "
+                     "this many in a row.", lower_bound=1)
 flags.DEFINE_bool("overwrite", False, "Replace a finished run in --train_dir.")
 
 

@@ -11,13 +11,18 @@ IMAGE_SHAPE = (32, 32, 3)
 
 @dataclasses.dataclass(frozen=True)
 class DatasetInfo:
-    """Static facts about a dataset; known without its data on disk."""
+    """Static facts about a dataset; known without its data on disk.
+
+    default_epochs: the epochs a run takes when --epochs is unset; None means the
+    recipe's (the authors' CIFAR schedules).
+    """
 
     name: str
     num_classes: int
     image_shape: Tuple[int, int, int]
     num_train: int
     num_test: int
+    default_epochs: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,6 +21,9 @@ from sskd_tf.data.catalog import DATASETS, IMAGE_SHAPE, DatasetInfo, DatasetSour
 
 NPZ_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.npz")
 _UPSCALE = IMAGE_SHAPE[0] // 8
+# A first, offline run should finish in minutes on a laptop CPU: with --epochs unset,
+# digits trains this many epochs (the learning-rate decay points scale with it).
+DEFAULT_EPOCHS = 5
 
 
 def to_cifar_shape(images):
@@ -40,5 +43,5 @@ def load_digits(data_dir=None):
 
 DATASETS.register("digits", DatasetSource(
     info=DatasetInfo("digits", num_classes=10, image_shape=IMAGE_SHAPE,
-                     num_train=1_437, num_test=360),
+                     num_train=1_437, num_test=360, default_epochs=DEFAULT_EPOCHS),
     load=load_digits))

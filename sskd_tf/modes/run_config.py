@@ -29,6 +29,8 @@ def config_from_flags(flag_values, **overrides):
         seed=flag_values.seed,
         strategy=flag_values.strategy,
         jit=flag_values.jit,
+        deterministic=flag_values.deterministic,
+        max_consecutive_skips=flag_values.max_consecutive_skips,
         overwrite=flag_values.overwrite,
     )
     fields.update(overrides)

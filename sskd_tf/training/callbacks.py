@@ -1,48 +1,112 @@
-"""Keras callbacks of a run: checkpoints that a killed run resumes from, the
-per-epoch history and TensorBoard."""
+"""Keras callbacks of a run: checkpoints that a killed or interrupted run resumes
+from, the guard against non-finite steps, the per-epoch history and TensorBoard."""
 import csv
 import os
+import signal
+import threading
+import time
 
 import keras
 import tensorflow as tf
+from absl import logging
+
+from sskd_tf.errors import TrainingDiverged
 
 HISTORY_FILE = "history.csv"
 
 
 class RunCheckpoint(keras.callbacks.Callback):
-    """Saves student, method layers, optimizer (with its step count) and the
-    number of finished epochs at every epoch end, with tf.train.CheckpointManager."""
+    """Saves student, method layers, optimizer (with its step count), the finished
+    epochs and the steps done in an unfinished one, with tf.train.CheckpointManager:
+    at every epoch end, and after the current step when SIGINT arrives (then it
+    raises KeyboardInterrupt). A second SIGINT interrupts at once."""
 
     def __init__(self, train_dir, distiller, max_to_keep=2):
         super().__init__()
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.epoch_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
         self.wall_time = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.checkpoint = tf.train.Checkpoint(
             student=distiller.student, method=distiller.method, optimizer=distiller.optimizer,
-            epoch=self.epoch, wall_time=self.wall_time)
+            epoch=self.epoch, epoch_steps=self.epoch_steps, wall_time=self.wall_time)
         self.manager = tf.train.CheckpointManager(
             self.checkpoint, os.path.join(train_dir, "checkpoints"), max_to_keep=max_to_keep)
-        self._restored_wall_time = 0.0
-        self._epoch_started = None
+        self.step_offset = 0
+        self._steps = 0
+        self._interrupted = False
+        self._previous_handler = None
+        self._started = None
 
     def restore(self):
-        """Restore the latest checkpoint, if any; return the number of finished epochs."""
-        if self.manager.latest_checkpoint:
+        """Restore the latest checkpoint, if any: (finished epochs, steps done in the
+        next one, training seconds spent before)."""
+        if not self.manager.latest_checkpoint:
+            return 0, 0, 0.0
+        try:
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-            self._restored_wall_time = float(self.wall_time.numpy())
-        return int(self.epoch.numpy())
+        except (tf.errors.OpError, AssertionError, ValueError, IndexError) as error:
+            raise ValueError(
+                f"cannot resume from {self.manager.latest_checkpoint} ({type(error).__name__}: "
+                f"{str(error).splitlines()[0]}); delete its checkpoints/ or pass --overwrite") from None
+        return int(self.epoch.numpy()), int(self.epoch_steps.numpy()), float(self.wall_time.numpy())
 
-    def previous_wall_time(self):
-        """Training time spent before this process resumed the run."""
-        return self._restored_wall_time
+    def _on_sigint(self, signum, frame):
+        if self._interrupted:
+            raise KeyboardInterrupt
+        self._interrupted = True
+
+    def on_train_begin(self, logs=None):
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def on_train_end(self, logs=None):
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
 
     def on_epoch_begin(self, epoch, logs=None):
-        self._epoch_started = tf.timestamp()
+        self._started = time.monotonic()
+        self._steps = self.step_offset
+
+    def _save(self):
+        now = time.monotonic()
+        self.wall_time.assign_add(now - self._started)
+        self._started = now
+        self.manager.save()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+        if self._interrupted:
+            self.epoch_steps.assign(self._steps)
+            self._save()
+            self.on_train_end()
+            raise KeyboardInterrupt(f"checkpoint saved at step {self._steps} of epoch {int(self.epoch.numpy()) + 1}")
 
     def on_epoch_end(self, epoch, logs=None):
         self.epoch.assign(epoch + 1)
-        self.wall_time.assign_add(float(tf.timestamp() - self._epoch_started))
-        self.manager.save(checkpoint_number=epoch + 1)
+        self.epoch_steps.assign(0)
+        self.step_offset = 0
+        self._save()
+
+
+class NonFiniteGuard(keras.callbacks.Callback):
+    """Logs every skipped (non-finite) step and stops the run after
+    `max_consecutive` in a row, before the epoch's checkpoint can be written."""
+
+    def __init__(self, max_consecutive):
+        super().__init__()
+        self.max_consecutive = max_consecutive
+        self._reported = 0
+
+    def on_train_batch_end(self, batch, logs=None):
+        skips = int(keras.ops.convert_to_numpy(self.model.consecutive_skips))
+        if skips > self._reported:
+            logging.warning("step %d skipped: non-finite loss or gradient (%d in a row)", batch, skips)
+        self._reported = skips
+        if skips >= self.max_consecutive:
+            raise TrainingDiverged(
+                f"{skips} consecutive steps had a non-finite loss or gradient; training stopped and "
+                "the last checkpoint is intact (lower --learning_rate, or check the data)")
 
 
 class FlagsSummary(keras.callbacks.Callback):
@@ -70,6 +134,7 @@ def standard_callbacks(config, checkpoint):
         checkpoint,
         keras.callbacks.CSVLogger(os.path.join(config.train_dir, HISTORY_FILE), append=True),
         keras.callbacks.TensorBoard(log_dir=log_dir),
+        NonFiniteGuard(config.max_consecutive_skips),
         FlagsSummary(log_dir, {k: v for k, v in vars(config).items() if k != "verbose"}),
     ]
     return callbacks

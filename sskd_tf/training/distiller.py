@@ -85,7 +85,11 @@ class Distiller(keras.Model):
         for name in ("loss", "ce_loss", "wd_loss", "kd_loss", "clip_ratio"):
             self.trackers[name] = keras.metrics.Mean(name=name)
         self.trackers["accuracy"] = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.trackers["skipped_steps"] = keras.metrics.Sum(name="skipped_steps")
         self.term_trackers = {}
+        self.consecutive_skips = keras.Variable(
+            0, dtype="int32", trainable=False, aggregation="only_first_replica",
+            name="consecutive_skips")
 
     @property
     def metrics(self):
@@ -160,7 +164,18 @@ class Distiller(keras.Model):
             grads = self._init_phase(epoch, ce_grads, wd_grads, kd_grads, grads)
         return grads, clip_ratio
 
+    def _all_replicas_finite(self, values):
+        """True when every value of every replica is finite."""
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(v)) for v in values])
+        non_finite = tf.cast(tf.logical_not(finite), tf.float32)
+        context = tf.distribute.get_replica_context()
+        if context is not None and self._replicas() > 1:
+            non_finite = context.all_reduce(tf.distribute.ReduceOp.SUM, non_finite)
+        return non_finite == 0.0
+
     def train_step(self, data):
+        """One update; skipped (weights and optimizer state untouched, counted in
+        `skipped_steps`) when a loss or a gradient is not finite."""
         images, labels = data
         epoch = epoch_of_step(self.optimizer.iterations, self.steps_in_epoch)
         variables = self.trainable_variables
@@ -170,25 +185,44 @@ class Distiller(keras.Model):
             total = ce + wd + kd
         grads, clip_ratio = self._gradients(tape, (ce, wd, kd, total), variables, epoch)
         del tape
-        self.optimizer.apply_gradients([(g, v) for g, v in zip(grads, variables) if g is not None])
-        self._update_metrics(labels, student_out["logits"], ce, wd, terms, clip_ratio)
+        pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
+        finite = self._all_replicas_finite([total] + [g for g, _ in pairs])
+
+        def apply():
+            self.optimizer.apply_gradients(pairs)
+            self.consecutive_skips.assign(0)
+            return tf.constant(0.0)
+
+        def skip():
+            self.consecutive_skips.assign_add(1)
+            return tf.constant(1.0)
+
+        skipped = tf.cond(finite, apply, skip)
+        self.trackers["skipped_steps"].update_state(skipped)
+        self._update_metrics(labels, student_out["logits"], ce, wd, terms, clip_ratio, finite)
         return {m.name: m.result() for m in self.metrics}
 
-    def _update_metrics(self, labels, logits, ce, wd, terms, clip_ratio):
-        """Report global-batch values: the Mean metrics average over replicas, so every
-        replica-scaled quantity is multiplied back by the number of replicas."""
+    def _update_metrics(self, labels, logits, ce, wd, terms, clip_ratio, finite):
+        """Report global-batch values of the finite steps: the Mean metrics average
+        over replicas, so replica-scaled quantities are multiplied back by the
+        number of replicas."""
         replicas = float(self._replicas())
+        weight = tf.cast(finite, tf.float32)
+
+        def track(tracker, value):
+            tracker.update_state(tf.where(finite, value, 0.0), sample_weight=weight)
+
         terms = {name: value * replicas for name, value in terms.items()}
         ce, wd = ce * replicas, wd * replicas
         kd = tf.add_n(list(terms.values())) if terms else tf.constant(0.0)
-        self.trackers["ce_loss"].update_state(ce)
-        self.trackers["wd_loss"].update_state(wd)
-        self.trackers["kd_loss"].update_state(kd)
-        self.trackers["loss"].update_state(ce + wd + kd)
-        self.trackers["clip_ratio"].update_state(clip_ratio)
-        self.trackers["accuracy"].update_state(labels, logits)
+        track(self.trackers["ce_loss"], ce)
+        track(self.trackers["wd_loss"], wd)
+        track(self.trackers["kd_loss"], kd)
+        track(self.trackers["loss"], ce + wd + kd)
+        track(self.trackers["clip_ratio"], clip_ratio)
+        self.trackers["accuracy"].update_state(labels, logits, sample_weight=tf.fill(tf.shape(labels), weight))
         for name, value in terms.items():
-            self.term_trackers[name].update_state(value)
+            track(self.term_trackers[name], value)
 
     def test_step(self, data):
         images, labels = data

@@ -12,7 +12,12 @@ def write_json(path, payload):
     """Atomically write `payload` as JSON to `path`."""
     directory = os.path.dirname(path) or "."
     with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as handle:
-        json.dump(payload, handle, indent=2)
+        try:
+            json.dump(payload, handle, indent=2)
+        except BaseException:
+            handle.close()
+            os.remove(handle.name)
+            raise
     os.replace(handle.name, path)
 
 

@@ -36,7 +36,8 @@ RESULTS_FILE = "results.json"
 
 @dataclasses.dataclass
 class RunConfig:
-    """Everything a run needs; None fields take the recipe's value."""
+    """Everything a run needs; None fields take the recipe's value (epochs: the
+    dataset's default_epochs first, if it has one)."""
 
     teacher: str = "resnet32"
     student: str = None
@@ -56,6 +57,8 @@ class RunConfig:
     seed: int = 0
     strategy: str = "default"
     jit: bool = False
+    deterministic: bool = False
+    max_consecutive_skips: int = 20
     overwrite: bool = False
     take_train: int = None
     take_test: int = None
@@ -70,6 +73,9 @@ class RunConfig:
             if field.name in {f.name for f in dataclasses.fields(self)}
             and getattr(self, field.name) is None
         }
+        dataset_epochs = datasets.get_dataset_info(self.dataset).default_epochs
+        if self.epochs is None and dataset_epochs:
+            filled["epochs"] = dataset_epochs
         student = self.student or models.student_for(self.teacher)
         return dataclasses.replace(self, student=student, **filled)
 
@@ -189,6 +195,8 @@ def train(config):
     config = config.resolved()
     _check_run_dir(config)
     keras.utils.set_random_seed(config.seed)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(config.strategy)
     train_ds, val_ds, info = datasets.build_datasets(
         config.dataset, config.data_dir, batch_size=config.batch_size,
@@ -207,15 +215,20 @@ def train(config):
         distiller = build_distiller(config, method, teacher, student, steps_in_epoch)
     total_epochs = config.epochs + method.init_epochs
     checkpoint = run_callbacks.RunCheckpoint(config.train_dir, distiller)
-    initial_epoch = checkpoint.restore()
-    if initial_epoch:
-        _log(config, f"Resuming {config.train_dir} at epoch {initial_epoch}")
+    epochs_done, steps_done, previous_time = checkpoint.restore()
+    if epochs_done or steps_done:
+        _log(config, f"Resuming {config.train_dir} at epoch {epochs_done + 1}, step {steps_done}")
     callbacks = run_callbacks.standard_callbacks(config, checkpoint)
-    if initial_epoch < total_epochs:
-        distiller.fit(train_ds, validation_data=val_ds, epochs=total_epochs,
-                      initial_epoch=initial_epoch, callbacks=callbacks, verbose=config.verbose,
-                      shuffle=False)
-    wall_time = time.time() - start + checkpoint.previous_wall_time()
+    fit = dict(validation_data=val_ds, epochs=total_epochs, callbacks=callbacks,
+               verbose=config.verbose, shuffle=False)
+    if steps_done and epochs_done < total_epochs:
+        checkpoint.step_offset = steps_done
+        distiller.fit(train_ds.take(steps_in_epoch - steps_done),
+                      **dict(fit, epochs=epochs_done + 1, initial_epoch=epochs_done))
+        epochs_done += 1
+    if epochs_done < total_epochs:
+        distiller.fit(train_ds, initial_epoch=epochs_done, **fit)
+    wall_time = time.time() - start + previous_time
     results = _results(config, run_callbacks.read_history(config.train_dir), wall_time,
                        teacher_accuracy, total_epochs)
     files.save_student(student, config.train_dir)

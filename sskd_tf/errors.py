@@ -1,0 +1,5 @@
+"""Exceptions a run raises for its callers (main.py turns them into one line)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps had a non-finite loss or gradient."""

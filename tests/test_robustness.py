@@ -1,0 +1,220 @@
+"""Faults a long run must survive or report clearly: non-finite steps, kills,
+interrupts, bad files; and determinism."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from sskd_tf import data as datasets
+from sskd_tf.distill import build_method
+from sskd_tf.errors import TrainingDiverged
+from sskd_tf.training import files
+from sskd_tf.training.callbacks import NonFiniteGuard
+from sskd_tf.training.distiller import Distiller
+from sskd_tf.training.run import RunConfig, train
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", batch_size=32,
+            take_train=128, take_test=64, verbose=0)
+
+
+def _toy_distiller():
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(3, kernel_initializer=keras.initializers.RandomNormal(seed=0))(inputs)
+    logits = keras.layers.Dense(2, kernel_initializer=keras.initializers.RandomNormal(seed=1))(hidden)
+    student = keras.Model(inputs, {"logits": logits, "features": [hidden]})
+    distiller = Distiller(student, build_method("none"), steps_in_epoch=10)
+    distiller.build((None, 4))
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
+    distiller.optimizer.build(distiller.trainable_variables)
+    return distiller
+
+
+def _state(distiller):
+    return [v.numpy().copy() for v in distiller.student.weights + distiller.optimizer.variables]
+
+
+def test_a_non_finite_step_is_skipped_and_counted():
+    distiller = _toy_distiller()
+    labels = tf.constant([0, 1, 0])
+    good = tf.ones((3, 4))
+    distiller.train_step((good, labels))
+    before = _state(distiller)
+    logs = distiller.train_step((tf.fill((3, 4), np.nan), labels))
+    for a, b in zip(before, _state(distiller)):
+        np.testing.assert_array_equal(a, b)
+    assert float(logs["skipped_steps"]) == 1.0
+    assert int(distiller.consecutive_skips.numpy()) == 1
+    assert np.isfinite(float(logs["loss"]))
+    distiller.train_step((good, labels))
+    assert int(distiller.consecutive_skips.numpy()) == 0
+    assert int(distiller.optimizer.iterations.numpy()) == 2
+
+
+def test_the_guard_stops_after_consecutive_skips():
+    distiller = _toy_distiller()
+    guard = NonFiniteGuard(max_consecutive=2)
+    guard.set_model(distiller)
+    nan_batch = (tf.fill((3, 4), np.nan), tf.constant([0, 1, 0]))
+    distiller.train_step(nan_batch)
+    guard.on_train_batch_end(0)
+    distiller.train_step(nan_batch)
+    with pytest.raises(TrainingDiverged, match="2 consecutive steps had a non-finite loss"):
+        guard.on_train_batch_end(1)
+
+
+def test_a_run_fed_nan_features_stops_with_the_last_good_checkpoint_intact(tmp_path, monkeypatch):
+    real_build = datasets.build_datasets
+    steps_per_epoch = 4
+
+    def poisoned_after_first_epoch(*args, **kwargs):
+        train_ds, val_ds, info = real_build(*args, **kwargs)
+        batches = tf.Variable(0, dtype=tf.int64)
+
+        def poison(images, labels):
+            count = batches.assign_add(1)
+            return tf.where(count > steps_per_epoch, np.nan, images), labels
+
+        return train_ds.map(poison), val_ds, info
+
+    monkeypatch.setattr(datasets, "build_datasets", poisoned_after_first_epoch)
+    config = RunConfig(method="none", train_dir=str(tmp_path), epochs=3, max_consecutive_skips=3, **TINY)
+    with pytest.raises(TrainingDiverged):
+        train(config)
+    assert not os.path.exists(tmp_path / "results.json")
+    reader = tf.train.load_checkpoint(str(tmp_path / "checkpoints"))
+    assert int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE")) == 1
+    for name in reader.get_variable_to_shape_map():
+        if name.startswith("student/"):
+            value = reader.get_tensor(name)
+            assert np.all(np.isfinite(value)), name
+
+
+RUN_SCRIPT = textwrap.dedent("""
+    import sys
+    from sskd_tf.training.run import RunConfig, train
+    try:
+        train(RunConfig(teacher="resnet8", student="resnet8", method="none", dataset="digits",
+                        batch_size=32, take_train=256, take_test=64, epochs=3, verbose=0,
+                        train_dir=sys.argv[1]))
+    except KeyboardInterrupt:
+        sys.exit(130)
+""")
+STEPS_PER_EPOCH, EPOCHS = 8, 3
+
+
+def _optimizer_steps(train_dir):
+    reader = tf.train.load_checkpoint(os.path.join(train_dir, "checkpoints"))
+    name = next(n for n in reader.get_variable_to_shape_map()
+                if n.startswith("optimizer/") and "iteration" in n)
+    return int(reader.get_tensor(name))
+
+
+def _start_run(train_dir):
+    return subprocess.Popen([sys.executable, "-c", RUN_SCRIPT, train_dir], cwd=REPO, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_first_checkpoint(train_dir, process, timeout=600):
+    state = os.path.join(train_dir, "checkpoints", "checkpoint")
+    deadline = time.time() + timeout
+    while not os.path.exists(state):
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        assert time.time() < deadline, "no checkpoint appeared"
+        time.sleep(0.2)
+
+
+def test_a_killed_run_resumes_to_the_same_number_of_steps(tmp_path):
+    train_dir = str(tmp_path)
+    process = _start_run(train_dir)
+    _wait_for_first_checkpoint(train_dir, process)
+    time.sleep(np.random.default_rng().uniform(0.0, 2.0))
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not os.path.exists(os.path.join(train_dir, "results.json"))
+    finished = subprocess.run([sys.executable, "-c", RUN_SCRIPT, train_dir], cwd=REPO, env=ENV,
+                              capture_output=True, text=True, timeout=900)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert _optimizer_steps(train_dir) == STEPS_PER_EPOCH * EPOCHS
+    with open(os.path.join(train_dir, "results.json")) as handle:
+        assert len(json.load(handle)["val_accuracy"]) == EPOCHS
+
+
+def test_sigint_saves_a_checkpoint_mid_epoch_and_the_run_resumes_from_it(tmp_path):
+    train_dir = str(tmp_path)
+    process = _start_run(train_dir)
+    _wait_for_first_checkpoint(train_dir, process)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 130, stderr.decode()[-2000:]
+    reader = tf.train.load_checkpoint(os.path.join(train_dir, "checkpoints"))
+    epochs = int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE"))
+    steps = int(reader.get_tensor("epoch_steps/.ATTRIBUTES/VARIABLE_VALUE"))
+    assert epochs == 1 and 0 < steps < STEPS_PER_EPOCH
+    assert _optimizer_steps(train_dir) == STEPS_PER_EPOCH + steps
+    finished = subprocess.run([sys.executable, "-c", RUN_SCRIPT, train_dir], cwd=REPO, env=ENV,
+                              capture_output=True, text=True, timeout=900)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    assert _optimizer_steps(train_dir) == STEPS_PER_EPOCH * EPOCHS
+
+
+DETERMINISM_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from sskd_tf.training.run import RunConfig, train
+    import keras
+    for train_dir in sys.argv[1:]:
+        train(RunConfig(teacher="resnet8", student="resnet8", method="none", dataset="digits",
+                        batch_size=32, take_train=96, take_test=32, epochs=1, verbose=0, seed=7,
+                        deterministic=True, train_dir=train_dir))
+    first, second = (keras.models.load_model(d + "/student.keras") for d in sys.argv[1:])
+    print(all(np.array_equal(a, b) for a, b in zip(first.get_weights(), second.get_weights())))
+""")
+
+
+def test_two_deterministic_runs_give_identical_weights(tmp_path):
+    result = subprocess.run([sys.executable, "-c", DETERMINISM_SCRIPT, str(tmp_path / "a"), str(tmp_path / "b")],
+                            cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().splitlines()[-1] == "True"
+
+
+def test_a_truncated_checkpoint_is_a_clear_error(tmp_path):
+    config = RunConfig(method="none", train_dir=str(tmp_path), epochs=1, **TINY)
+    train(config)
+    os.remove(tmp_path / "results.json")
+    data_file = next(p for p in (tmp_path / "checkpoints").iterdir() if ".data-" in p.name)
+    data_file.write_bytes(data_file.read_bytes()[:100])
+    with pytest.raises(ValueError, match="cannot resume from .*delete its checkpoints/ or pass --overwrite"):
+        train(config)
+
+
+def test_teacher_weights_of_another_architecture_are_a_clear_error(tmp_path):
+    student_run = RunConfig(method="none", train_dir=str(tmp_path / "small"), epochs=1, **TINY)
+    train(student_run)
+    config = RunConfig(method="svd", train_dir=str(tmp_path / "run"), epochs=1,
+                       teacher_weights=str(tmp_path / "small" / "student.keras"),
+                       **dict(TINY, teacher="resnet14"))
+    with pytest.raises(ValueError, match="does not fit resnet14"):
+        train(config)
+
+
+def test_a_failed_write_leaves_no_file_behind(tmp_path, monkeypatch):
+    path = tmp_path / "results.json"
+
+    def broken_dump(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(json, "dump", broken_dump)
+    with pytest.raises(OSError):
+        files.write_json(str(path), {"a": 1})
+    assert list(tmp_path.iterdir()) == []
