@@ -131,7 +131,7 @@ MIRRORED_SCRIPT = textwrap.dedent("""
         logits = keras.layers.Dense(3, kernel_initializer=init)(keras.layers.GlobalAveragePooling2D()(b))
         return keras.Model(inputs, {"logits": logits, "features": [a, b]})
 
-    def one_update(strategy, method_name, options):
+    def one_update(strategy, method_name, options, poison=False):
         with strategy.scope():
             student, teacher = toy(1), toy(2)
             method = build_method(method_name, **options)
@@ -140,22 +140,27 @@ MIRRORED_SCRIPT = textwrap.dedent("""
             distiller.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
         rng = np.random.default_rng(0)
         images = rng.normal(size=(8, 8, 8, 3)).astype("float32")
+        if poison:
+            images[5] = np.nan
         labels = rng.integers(0, 3, size=8)
         data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
+        initial = [v.numpy().tolist() for v in student.trainable_variables]
         distiller.fit(data, epochs=1, verbose=0)
-        return [v.numpy().tolist() for v in student.trainable_variables]
+        return initial, [v.numpy().tolist() for v in student.trainable_variables]
 
     mirrored = make_strategy("mirrored")
     assert mirrored.num_replicas_in_sync == 2
     out = {}
     for name, options in [("soft_logits", {}), ("svd", {"clip_scale": 1e6})]:
-        out[name] = [one_update(tf.distribute.get_strategy(), name, options),
-                     one_update(mirrored, name, options)]
+        out[name] = [one_update(tf.distribute.get_strategy(), name, options)[1],
+                     one_update(mirrored, name, options)[1]]
+    out["nan_batch_is_skipped"] = one_update(mirrored, "none", {}, poison=True)
     json.dump(out, sys.stdout)
 """)
 
 
 def test_mirrored_strategy_on_two_cpus_gives_the_single_device_update():
+    """Also: a batch with a NaN image on one replica is skipped on both."""
     result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], cwd=REPO, capture_output=True,
                             text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]

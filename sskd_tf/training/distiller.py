@@ -173,6 +173,29 @@ class Distiller(keras.Model):
             non_finite = context.all_reduce(tf.distribute.ReduceOp.SUM, non_finite)
         return non_finite == 0.0
 
+    def _apply_if(self, finite, pairs):
+        """Apply the gradients only when `finite` (the same on every replica).
+
+        Under a strategy that needs merge_call, the decision is taken in
+        cross-replica context, as keras.optimizers.LossScaleOptimizer does:
+        a cond in replica context cannot hold the optimizer's synchronisation.
+        """
+        def apply(pairs):
+            self.optimizer.apply_gradients(pairs)
+
+        if self._replicas() == 1 or tf.__internal__.distribute.strategy_supports_no_merge_call():
+            tf.cond(finite, lambda: apply(pairs), lambda: None)
+            return
+
+        def decide(distribution, finite, pairs):
+            def apply_on_every_replica():
+                distribution.extended.call_for_each_replica(apply, args=(pairs,))
+
+            finite = distribution.experimental_local_results(finite)[0]
+            tf.cond(finite, apply_on_every_replica, lambda: None)
+
+        tf.distribute.get_replica_context().merge_call(decide, args=(finite, pairs))
+
     def train_step(self, data):
         """One update; skipped (weights and optimizer state untouched, counted in
         `skipped_steps`) when a loss or a gradient is not finite."""
@@ -187,18 +210,9 @@ class Distiller(keras.Model):
         del tape
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         finite = self._all_replicas_finite([total] + [g for g, _ in pairs])
-
-        def apply():
-            self.optimizer.apply_gradients(pairs)
-            self.consecutive_skips.assign(0)
-            return tf.constant(0.0)
-
-        def skip():
-            self.consecutive_skips.assign_add(1)
-            return tf.constant(1.0)
-
-        skipped = tf.cond(finite, apply, skip)
-        self.trackers["skipped_steps"].update_state(skipped)
+        self._apply_if(finite, pairs)
+        self.consecutive_skips.assign(tf.where(finite, 0, self.consecutive_skips + 1))
+        self.trackers["skipped_steps"].update_state(1.0 - tf.cast(finite, tf.float32))
         self._update_metrics(labels, student_out["logits"], ce, wd, terms, clip_ratio, finite)
         return {m.name: m.result() for m in self.metrics}
 
