@@ -106,18 +106,40 @@ def evaluate_accuracy(model, val_ds):
     return float(accuracy.result())
 
 
+def weight_mismatches(model, source):
+    """Differences between the weights of two models, by name and shape (first few)."""
+    expected = {w.path: tuple(w.shape) for w in model.weights}
+    found = {w.path: tuple(w.shape) for w in source.weights}
+    problems = [f"{name} missing" for name in expected if name not in found]
+    problems += [f"{name} unexpected" for name in found if name not in expected]
+    problems += [f"{name} {found[name]} instead of {shape}" for name, shape in expected.items()
+                 if name in found and found[name] != shape]
+    return problems[:3]
+
+
 def load_teacher_weights(teacher, path):
-    """Weights from a Keras file (.keras / .weights.h5) or the authors' .mat."""
+    """Weights from a Keras file (.keras / .weights.h5) or the authors' .mat; a file
+    of another architecture is refused before any weight is assigned."""
     if not os.path.exists(path):
         raise ValueError(f"--teacher_weights: no such file {path!r}")
     if path.endswith(".mat"):
         family, _ = models.parse_model_name(teacher.name)
         load_mat_weights(teacher, path, family)
-    elif path.endswith((".keras", ".weights.h5")):
+    elif path.endswith(".keras"):
+        try:
+            saved = keras.saving.load_model(path, compile=False)
+        except (ValueError, OSError) as error:
+            raise ValueError(f"--teacher_weights: cannot read {path!r}: {str(error).splitlines()[0]}") from None
+        problems = weight_mismatches(teacher, saved)
+        if problems:
+            raise ValueError(f"--teacher_weights {path!r} does not fit {teacher.name}: {'; '.join(problems)}")
+        teacher.set_weights(saved.get_weights())
+    elif path.endswith(".weights.h5"):
         try:
             teacher.load_weights(path)
         except (ValueError, OSError) as error:
-            raise ValueError(f"--teacher_weights {path!r} does not fit {teacher.name}: {error}") from None
+            raise ValueError(f"--teacher_weights {path!r} does not fit {teacher.name}: "
+                             f"{str(error).splitlines()[0]}") from None
     else:
         raise ValueError(f"--teacher_weights {path!r}: expected a .keras, .weights.h5 or .mat file")
 
