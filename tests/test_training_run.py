@@ -3,6 +3,7 @@ distribution, and the command line."""
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -182,3 +183,14 @@ def test_bad_flags_exit_with_one_line(argv, message):
     lines = [line for line in result.stderr.splitlines() if line.startswith("main.py: error:")]
     assert len(lines) == 1 and message in lines[0], result.stderr[-2000:]
     assert "Traceback" not in result.stderr
+
+
+def test_history_records_the_training_time_of_every_epoch(distilled_run):
+    rows = run_callbacks.read_history(distilled_run[0])
+    assert len(rows) == 1 and float(rows[0]["train_time_s"]) > 0
+
+
+def test_a_cached_teacher_trained_otherwise_is_not_reused_silently(tmp_path, distilled_run):
+    shutil.copytree(os.path.join(distilled_run[0], "teacher"), tmp_path / "teacher")
+    with pytest.raises(ValueError, match=r"holds a teacher trained with epochs 1 \(asked: 2\)"):
+        train(RunConfig(method="svd", train_dir=str(tmp_path), **dict(TINY, epochs=2)))

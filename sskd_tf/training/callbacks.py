@@ -109,6 +109,21 @@ class NonFiniteGuard(keras.callbacks.Callback):
                 "the last checkpoint is intact (lower --learning_rate, or check the data)")
 
 
+class EpochTimer(keras.callbacks.Callback):
+    """Adds `train_time_s`, the epoch's training time without validation, to the
+    epoch logs (and so to history.csv and TensorBoard)."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._started, self._train_time = time.perf_counter(), None
+
+    def on_test_begin(self, logs=None):
+        if self._train_time is None:
+            self._train_time = time.perf_counter() - self._started
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs["train_time_s"] = self._train_time or time.perf_counter() - self._started
+
+
 class FlagsSummary(keras.callbacks.Callback):
     """Writes the run's settings as a text summary next to the TensorBoard curves."""
 
@@ -128,16 +143,16 @@ class FlagsSummary(keras.callbacks.Callback):
 
 def standard_callbacks(config, checkpoint):
     """The callbacks of every run, checkpoint first so that a crash in a later one
-    loses nothing."""
+    loses nothing, and the timer before the loggers that record its column."""
     log_dir = os.path.join(config.train_dir, "logs")
-    callbacks = [
+    return [
         checkpoint,
+        NonFiniteGuard(config.max_consecutive_skips),
+        EpochTimer(),
         keras.callbacks.CSVLogger(os.path.join(config.train_dir, HISTORY_FILE), append=True),
         keras.callbacks.TensorBoard(log_dir=log_dir),
-        NonFiniteGuard(config.max_consecutive_skips),
         FlagsSummary(log_dir, {k: v for k, v in vars(config).items() if k != "verbose"}),
     ]
-    return callbacks
 
 
 def read_history(train_dir):

@@ -97,7 +97,7 @@ def evaluate_accuracy(model, val_ds):
     """Top-1 accuracy of a {"logits", "features"} model on a dataset."""
     accuracy = keras.metrics.SparseCategoricalAccuracy()
 
-    @tf.function
+    @tf.function(autograph=False)
     def logits_of(images):
         return model(images, training=False)["logits"]
 
@@ -144,13 +144,29 @@ def load_teacher_weights(teacher, path):
         raise ValueError(f"--teacher_weights {path!r}: expected a .keras, .weights.h5 or .mat file")
 
 
+def _check_cached_teacher(config, results_path):
+    """A teacher cached in train_dir/teacher/ must be the one this run asks for."""
+    with open(results_path) as handle:
+        cached = json.load(handle)
+    wanted = {"student": config.teacher, "dataset": config.dataset, "recipe": config.recipe,
+              "epochs": config.epochs}
+    differences = [f"{name} {cached.get(name)!r} (asked: {value!r})"
+                   for name, value in wanted.items() if cached.get(name) != value]
+    if differences:
+        raise ValueError(
+            f"{os.path.dirname(results_path)} holds a teacher trained with "
+            f"{', '.join(differences)}; use another --train_dir or pass --teacher_weights")
+
+
 def teacher_weights_path(config):
     """--teacher_weights, or the teacher trained by the same recipe in
     train_dir/teacher/ (trained now unless an earlier run finished it there)."""
     if config.teacher_weights:
         return config.teacher_weights
     teacher_dir = os.path.join(config.train_dir, "teacher")
-    if os.path.exists(os.path.join(teacher_dir, RESULTS_FILE)):
+    results_path = os.path.join(teacher_dir, RESULTS_FILE)
+    if os.path.exists(results_path):
+        _check_cached_teacher(config, results_path)
         _log(config, f"Reusing the teacher trained in {teacher_dir}")
     else:
         _log(config, f"Training the teacher {config.teacher} first, in {teacher_dir}")
