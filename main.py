@@ -12,7 +12,7 @@ from absl import flags as absl_flags
 
 import flags  # noqa: F401  (defines every flag of the project)
 from sskd_tf import modes
-from sskd_tf.errors import TrainingDiverged
+from sskd_tf.errors import SearchFailed, TrainingDiverged
 
 USAGE_ERROR = 2
 RUN_FAILED = 1
@@ -38,7 +38,7 @@ def main(argv):
         modes.run(absl_flags.FLAGS.mode, absl_flags.FLAGS)
     except ValueError as error:
         _fail(error)
-    except TrainingDiverged as error:
+    except (TrainingDiverged, SearchFailed) as error:
         _fail(error, RUN_FAILED)
     except KeyboardInterrupt as error:
         detail = f" ({error})" if str(error) else ""

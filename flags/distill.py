@@ -5,11 +5,21 @@ from absl import flags
 
 from sskd_tf.distill.names import METHOD_NAMES, SVD_GRADIENTS
 
+# sskd_tf.distill.svd.BACKENDS, spelled out here to keep TensorFlow out of flag
+# parsing (a test checks the two agree).
+SVD_BACKENDS = ("svd", "gram", "hybrid")
+
 flags.DEFINE_enum("method", "svd", METHOD_NAMES,
                   "Distillation method; none trains the student alone.")
 flags.DEFINE_enum("svd_gradient", "original", SVD_GRADIENTS,
                   "KD-SVD / KD-EID backward pass: original (the authors' formula, faithful) "
                   "or exact (the true SVD gradient, guarded against degenerate spectra).")
+flags.DEFINE_enum("svd_backend", "svd", SVD_BACKENDS,
+                  "KD-SVD / KD-EID decomposition, same gradient formulas in all: svd "
+                  "(tf.linalg.svd, faithful), gram (eigh of the smaller Gram matrix: fastest, "
+                  "its own sign rule, so another loss where tf.linalg.svd's teacher signs "
+                  "differ) or hybrid (tf.linalg.svd only where signs matter: the loss of "
+                  "svd, faster). See docs/benchmarks.md.")
 flags.DEFINE_bool("project_student", False,
                   "KD-SVD: map student taps of another width to the teacher's with a learned "
                   "1x1 conv + BN (as the authors' TF2 rewrite).")

@@ -3,3 +3,7 @@
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive steps had a non-finite loss or gradient."""
+
+
+class SearchFailed(RuntimeError):
+    """No trial of a hyperparameter search completed."""

@@ -18,12 +18,20 @@ and attaches one of three backward formulas (spec sections 3 and 4):
   sample when any entry is non-finite; the diagonal is always 1/0, so that
   matrix is zero for every sample and only wide (M < N) maps get a gradient.
 
+Two backends compute the factors (`BACKENDS`):
+
+- "svd": `tf.linalg.svd` (KD-EID: its own Gram route, spec section 2). Faithful.
+- "gram": `gram_svd`, the eigendecomposition of the Gram matrix of the smaller
+  side, several times faster on CPU. Its signs follow `column_signs`, not
+  `tf.linalg.svd`'s (which has no rule: see `gram_svd`).
+
 Matrix sizes M and N must be static.
 """
 import numpy as np
 import tensorflow as tf
 
 GRADIENTS = ("original", "exact", "eccv")
+BACKENDS = ("svd", "gram")
 
 # The authors' wide-branch guard on 1/s.
 _ORIGINAL_INV_EPS = 1e-8
@@ -53,14 +61,9 @@ def _original_gradient(s, u, v, ds, du, dv):
     true gradient (kept: faithful mode).
     """
     del ds
-    k = s.shape[-1]
-    eye = tf.eye(k, dtype=s.dtype)
-    s2 = tf.square(s)
-    k_matrix = (1.0 - eye) / (s2[:, :, None] - s2[:, None, :] + eye)
-    k_transposed = _finite_or_zero(_transpose(k_matrix))
+    k_transposed = _original_k_transposed(s)
     if v.shape[-2] <= u.shape[-2]:
-        inner = k_transposed * tf.matmul(v, dv, transpose_a=True)
-        sym = inner + _transpose(inner)
+        sym = _original_tall_sym(k_transposed, v, dv)
         return 2.0 * tf.matmul(u * s[:, None, :], tf.matmul(sym, v, transpose_b=True))
     # Wide: swap the roles of the two sides; dU of the original problem is unused.
     left, right, d_left = v, u, dv
@@ -71,6 +74,30 @@ def _original_gradient(s, u, v, ds, du, dv):
     correction = diag_term + 2.0 * s[:, :, None] * sym
     grad_t = tf.matmul(scaled - tf.matmul(left, correction), right, transpose_b=True)
     return _transpose(grad_t)
+
+
+def _original_k_transposed(s):
+    """K^T of the authors' gradient: K[i, j] = 1/(s_i^2 - s_j^2) off the diagonal,
+    0 on it, non-finite entries 0."""
+    k = s.shape[-1]
+    eye = tf.eye(k, dtype=s.dtype)
+    s2 = tf.square(s)
+    k_matrix = (1.0 - eye) / (s2[:, :, None] - s2[:, None, :] + eye)
+    return _finite_or_zero(_transpose(k_matrix))
+
+
+def _original_tall_sym(k_transposed, v, dv):
+    """sym(K^T o (V^T dV)) of the authors' tall branch, sym(A) = A + A^T."""
+    inner = k_transposed * tf.matmul(v, dv, transpose_a=True)
+    return inner + _transpose(inner)
+
+
+def _original_tall_gradient_from_x(x, s, v, dv):
+    """The authors' tall-branch gradient 2 U S sym(K^T o (V^T dV)) V^T, with U S
+    replaced by X V (equal for every thin SVD) and evaluated as X (V sym V^T):
+    U is never formed and the [M, k] products are saved."""
+    sym = _original_tall_sym(_original_k_transposed(s), v, dv)
+    return 2.0 * tf.matmul(x, tf.matmul(v, tf.matmul(sym, v, transpose_b=True)))
 
 
 def _broadening(s):
@@ -164,15 +191,22 @@ def _check_gradient(gradient):
     return _GRADIENT_FNS[gradient]
 
 
+def check_backend(backend):
+    """Raise a ValueError naming the choices unless `backend` is one of BACKENDS."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown SVD backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+
+
 def _check_matrices(x):
     if x.shape.rank != 3 or x.shape[-2] is None or x.shape[-1] is None:
         raise ValueError(f"expected a batch of matrices [B, M, N] with static M and N, got shape {x.shape}")
 
 
 def _decompose_with_gradient(x, decompose, gradient):
-    """Run `decompose(x) -> (s, u, v)` and give it the chosen SVD backward formula."""
+    """Run `decompose(x) -> (s, u, v)` and give it the chosen SVD backward formula:
+    a name of GRADIENTS, or a function (s, u, v, ds, du, dv) -> dx."""
     _check_matrices(x)
-    gradient_fn = _check_gradient(gradient)
+    gradient_fn = gradient if callable(gradient) else _check_gradient(gradient)
 
     @tf.custom_gradient
     def decomposition(x):
@@ -224,7 +258,70 @@ def _gram_decomposition(x):
     return s, u, v
 
 
-def eid(x, gradient="original"):
+def column_signs(v):
+    """+1 or -1 per column of v [B, N, k]: the sign of the column's entry of largest
+    magnitude (the first such entry on a tie; +1 for a zero column)."""
+    pivot_rows = tf.argmax(tf.abs(v), axis=1)
+    pivots = tf.reduce_sum(v * tf.one_hot(pivot_rows, v.shape[1], axis=1, dtype=v.dtype), axis=1)
+    return tf.where(pivots < 0, -tf.ones_like(pivots), tf.ones_like(pivots))
+
+
+def _gram_eigh_decomposition(x):
+    """Thin SVD of x from `tf.linalg.eigh` of the Gram matrix of its smaller side.
+
+    The eigenvectors, in descending order, are V (tall, M >= N: X^T X) or U (wide:
+    X X^T); s = the square roots of the eigenvalues (negative rounding clamped to 0);
+    the other side is X V (or X^T U) with unit columns, zero columns where X maps
+    the vector to zero. Signs: `column_signs(V)` is made +1, flipping U alongside.
+    Precision: the Gram matrix squares the condition number, so in float32 a
+    component's error grows like eps * s_1^2 / (s_i^2 - s_(i+1)^2) instead of
+    eps * s_1 / (s_i - s_(i+1)); the leading components the loss keeps stay about
+    as accurate as `tf.linalg.svd`'s (docs/benchmarks.md), and float64 throughout
+    would cost about twice the time, so the input's dtype is kept.
+    """
+    tall = x.shape[-2] >= x.shape[-1]
+    eigenvalues, vectors = tf.linalg.eigh(tf.matmul(x, x, transpose_a=tall, transpose_b=not tall))
+    s = tf.sqrt(tf.maximum(tf.reverse(eigenvalues, axis=[-1]), 0.0))
+    small = tf.reverse(vectors, axis=[-1])
+    large = tf.matmul(x, small, transpose_a=not tall)
+    large = _finite_or_zero(large / tf.norm(large, axis=-2, keepdims=True))
+    u, v = (large, small) if tall else (small, large)
+    signs = column_signs(v)[:, None, :]
+    return s, u * signs, v * signs
+
+
+def gram_svd(x, gradient="original"):
+    """Thin SVD of x [B, M, N] through `tf.linalg.eigh` of its k x k Gram matrix
+    (the "gram" backend), returning (s, u, v) with the backward formula `gradient`.
+
+    The same factors as `svd` up to two documented differences:
+    - signs: every column of V has its largest-magnitude entry positive (U follows).
+      `tf.linalg.svd` follows no rule a cheaper route could reproduce: on CPU it is
+      whatever Eigen's divide-and-conquer SVD returns, and under XLA another (Jacobi)
+      algorithm's; measured on random and on non-negative (ReLU) matrices, the sign
+      of its first right vector is +-1 with probability about 1/2 each.
+    - columns of zero singular value: zeros on the larger side, not an arbitrary
+      orthonormal completion (as in KD-EID).
+    The KD-SVD loss is invariant to the student's signs, so the two backends give
+    the same loss whenever the teacher's vectors of consecutive taps carry the same
+    relative signs under both conventions.
+    Cost: for tall maps with the original gradient, U is never formed (see
+    `_original_tall_gradient_from_x`), so a map whose U nobody reads (the teacher's,
+    and the student's in KD-SVD) costs one Gram product, one eigh and, with a
+    gradient, one more product of X's size.
+    """
+    _check_matrices(x)
+    if gradient != "original" or x.shape[-2] < x.shape[-1]:
+        return _decompose_with_gradient(x, _gram_eigh_decomposition, gradient)
+
+    def original_tall(s, u, v, ds, du, dv):
+        del u, ds, du
+        return _original_tall_gradient_from_x(x, s, v, dv)
+
+    return _decompose_with_gradient(x, _gram_eigh_decomposition, original_tall)
+
+
+def eid(x, gradient="original", backend="svd"):
     """The KD-EID decomposition of x [B, M, N] (spec section 2), returning (s, u, v).
 
     The factors come from the Gram matrix of the smaller side; the backward pass
@@ -232,11 +329,18 @@ def eid(x, gradient="original"):
     faithful mode (`gradient="original"`): when 2/3 < M/N < 3/2 the authors ran a
     plain SVD on a stop-gradient copy of x, so no gradient reaches that map.
     With `gradient="exact"` that branch is differentiated like the others.
+    backend "svd" is the authors' route (an SVD of the Gram matrix when M < N, a
+    plain SVD in the square band); "gram" uses `gram_svd` everywhere, keeping the
+    square band's stop-gradient quirk.
     """
     _check_matrices(x)
+    check_backend(backend)
+    plain = svd if backend == "svd" else gram_svd
     m, n = x.shape[-2], x.shape[-1]
     if 2.0 / 3.0 < m / n < 3.0 / 2.0:
         if gradient == "original":
-            return svd(tf.stop_gradient(x), gradient)
-        return svd(x, gradient)
+            return plain(tf.stop_gradient(x), gradient)
+        return plain(x, gradient)
+    if backend == "gram":
+        return gram_svd(x, gradient)
     return _decompose_with_gradient(x, _gram_decomposition, gradient)

@@ -1,6 +1,6 @@
 """The dataset registry: what each dataset is (`DatasetInfo`) and how its arrays are loaded."""
 import dataclasses
-from typing import Callable, Optional, Tuple
+from typing import Any, Callable, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -13,8 +13,9 @@ IMAGE_SHAPE = (32, 32, 3)
 class DatasetInfo:
     """Static facts about a dataset; known without its data on disk.
 
-    default_epochs: the epochs a run takes when --epochs is unset; None means the
-    recipe's (the authors' CIFAR schedules).
+    run_defaults: training settings (RunConfig fields) a run on this dataset takes
+    when the flags leave them unset, before the recipe's; empty for the authors'
+    CIFAR schedules.
     """
 
     name: str
@@ -22,7 +23,7 @@ class DatasetInfo:
     image_shape: Tuple[int, int, int]
     num_train: int
     num_test: int
-    default_epochs: Optional[int] = None
+    run_defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,6 +11,18 @@ consecutive taps (paper eq. 5-7). Three variants (spec sections 1, 2 and 4):
   `nets/SVP.py`), the default.
 - "eid": the same with the Gram-matrix decomposition (KD-EID).
 - "eccv": the 2018 release (SSKD_SVD `nets/Distillation.py`).
+
+Every variant takes a decomposition backend (`BACKENDS`), all with the same
+backward formulas:
+- "svd": `tf.linalg.svd` (KD-EID: its own Gram route) for both networks. Faithful.
+- "gram": `linalg.gram_svd` for both: the fastest, with a fixed sign rule of its
+  own, so the loss differs from "svd" where `tf.linalg.svd` gives the teacher's
+  vectors other relative signs (see `linalg.gram_svd`).
+- "hybrid": the faithful route only on the side whose signs the loss depends on,
+  `linalg.gram_svd` on the other: the loss and gradients of "svd" (up to rounding)
+  at part of its cost. The refined loss aligns the student's vectors to the
+  teacher's, so only the teacher's signs matter; the 2018 release aligns the
+  teacher's to the student's, so there only the student's do.
 """
 import math
 
@@ -21,6 +33,7 @@ from sskd_tf import linalg
 from sskd_tf.distill.base import METHODS, DistillationMethod
 
 VARIANTS = ("svd", "eid", "eccv")
+BACKENDS = ("svd", "gram", "hybrid")
 RBF_WIDTH = 8.0
 
 
@@ -98,15 +111,15 @@ def refined_loss_from_components(student_vs, teacher_ss, teacher_vs, rbf_width=R
     return tf.add_n(losses)
 
 
-def _refined_loss(student_feats, teacher_feats, decompose, teacher_components,
-                  student_extra_components, rbf_width):
+def _refined_loss(student_feats, teacher_feats, decompose_student, decompose_teacher,
+                  teacher_components, student_extra_components, rbf_width):
     student_vs, teacher_ss, teacher_vs = [], [], []
     for student, teacher in zip(student_feats, teacher_feats):
         _, m, n = _as_matrices(student).shape
         n_teacher = min(teacher_components, m, n)
         n_student = min(teacher_components + student_extra_components, m, n)
-        t_s, _, t_v = decompose(_as_matrices(teacher))
-        s_s, _, s_v = decompose(_as_matrices(student))
+        t_s, _, t_v = decompose_teacher(_as_matrices(teacher))
+        s_s, _, s_v = decompose_student(_as_matrices(student))
         t_s, t_v = leading_components(t_s, t_v, n_teacher)
         _, s_v = leading_components(s_s, s_v, n_student)
         student_vs.append(s_v)
@@ -194,30 +207,61 @@ def eccv_loss_from_components(student_vs, teacher_ss, teacher_vs, num_vectors=1,
     return tf.add_n(losses)
 
 
-def _eccv_loss(student_feats, teacher_feats, gradient, num_vectors, rbf_width):
+def _eccv_loss(student_feats, teacher_feats, decompose_student, decompose_teacher, num_vectors,
+               rbf_width, finite_gradient):
     student_vs, teacher_ss, teacher_vs = [], [], []
     for student, teacher in zip(student_feats, teacher_feats):
         _, m, n = _as_matrices(student).shape
         kept = min(num_vectors + 1, m, n)
-        _, _, s_v = linalg.svd(_as_matrices(student), gradient)
-        t_s, _, t_v = linalg.svd(_as_matrices(teacher), gradient)
+        _, _, s_v = decompose_student(_as_matrices(student))
+        t_s, _, t_v = decompose_teacher(_as_matrices(teacher))
         student_vs.append(s_v[:, :, :kept])
         teacher_ss.append(t_s[:, :kept])
         teacher_vs.append(t_v[:, :, :kept])
     return eccv_loss_from_components(student_vs, teacher_ss, teacher_vs, num_vectors, rbf_width,
-                                     finite_gradient=gradient != "eccv")
+                                     finite_gradient=finite_gradient)
 
 
 # ---------------------------------------------------------------- public API
 
 
+def check_backend(backend):
+    """Raise a ValueError naming the choices unless `backend` is one of BACKENDS."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown SVD backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+
+
+def _decomposition(variant, gradient, backend):
+    """x -> (s, u, v) of a variant with a `linalg.BACKENDS` backend: KD-EID's own
+    route for "eid", else the plain SVD. Looked up at call time (tests replace
+    linalg functions)."""
+    if variant == "eid":
+        return lambda x: linalg.eid(x, gradient, backend)
+    if backend == "gram":
+        return lambda x: linalg.gram_svd(x, gradient)
+    return lambda x: linalg.svd(x, gradient)
+
+
+def _decompositions(variant, gradient, backend):
+    """(student, teacher) decompositions of a variant with a BACKENDS backend."""
+    if backend != "hybrid":
+        decompose = _decomposition(variant, gradient, backend)
+        return decompose, decompose
+    faithful = _decomposition(variant, gradient, "svd")
+    fast = _decomposition(variant, gradient, "gram")
+    return (faithful, fast) if variant == "eccv" else (fast, faithful)
+
+
 def svd_kd_loss(student_feats, teacher_feats, variant="svd", gradient="original", *,
-                teacher_components=1, student_extra_components=3, rbf_width=RBF_WIDTH):
+                backend="svd", teacher_components=1, student_extra_components=3,
+                rbf_width=RBF_WIDTH):
     """KD-SVD distillation loss between paired lists of [B, H, W, D] feature maps.
 
     variant: "svd" (refined KD-SVD, default), "eid" (KD-EID) or "eccv" (2018 release).
     gradient: "original" (the authors' SVD gradient of that variant: spec section 3
     for svd/eid, section 4 for eccv) or "exact" (the true, guarded SVD gradient).
+    backend: "svd" (faithful), "gram" (fastest; its own sign rule) or "hybrid"
+    (the loss of "svd", faster): see the module docstring.
     teacher_components (K), student_extra_components and rbf_width are the
     refined code's 1, 3 and 8; for "eccv", teacher_components is num_DFV and
     student_extra_components is unused.
@@ -228,14 +272,16 @@ def svd_kd_loss(student_feats, teacher_feats, variant="svd", gradient="original"
         raise ValueError(f"unknown KD-SVD variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
     if gradient not in ("original", "exact"):
         raise ValueError(f"unknown SVD gradient {gradient!r}; choose one of: original, exact")
+    check_backend(backend)
     _check_feature_maps(student_feats, teacher_feats)
     teacher_feats = [tf.stop_gradient(t) for t in teacher_feats]
     if variant == "eccv":
         eccv_gradient = "eccv" if gradient == "original" else gradient
-        return _eccv_loss(student_feats, teacher_feats, eccv_gradient, teacher_components, rbf_width)
-    decomposition = linalg.svd if variant == "svd" else linalg.eid
+        return _eccv_loss(student_feats, teacher_feats,
+                          *_decompositions(variant, eccv_gradient, backend), teacher_components,
+                          rbf_width, finite_gradient=gradient != "original")
     return _refined_loss(
-        student_feats, teacher_feats, lambda x: decomposition(x, gradient),
+        student_feats, teacher_feats, *_decompositions(variant, gradient, backend),
         teacher_components, student_extra_components, rbf_width,
     )
 
@@ -247,6 +293,8 @@ class KDSVD(DistillationMethod):
     project_student: when a student tap is narrower or wider than the teacher's,
     map it to the teacher's width with a learned 1x1 conv + BN first (as the
     authors' TF2 rewrite does); spatial sizes must still match.
+    backend: the decomposition, "svd" (faithful), "gram" or "hybrid" (see the module
+    docstring).
     """
 
     variant = "svd"
@@ -254,9 +302,12 @@ class KDSVD(DistillationMethod):
     reduction = "sum"
 
     def __init__(self, gradient="original", weight=1.0, teacher_components=1,
-                 student_extra_components=3, rbf_width=RBF_WIDTH, project_student=False, **kwargs):
+                 student_extra_components=3, rbf_width=RBF_WIDTH, project_student=False,
+                 backend="svd", **kwargs):
         super().__init__(**kwargs)
+        check_backend(backend)
         self.gradient = gradient
+        self.backend = backend
         self.weight = float(weight)
         self.teacher_components = int(teacher_components)
         self.student_extra_components = int(student_extra_components)
@@ -290,7 +341,7 @@ class KDSVD(DistillationMethod):
         ]
         loss = svd_kd_loss(
             student_feats, teacher_out["features"], self.variant, self.gradient,
-            teacher_components=self.teacher_components,
+            backend=self.backend, teacher_components=self.teacher_components,
             student_extra_components=self.student_extra_components, rbf_width=self.rbf_width)
         return {self.name: self.weight * loss}
 

@@ -9,6 +9,7 @@ def config_from_flags(flag_values, **overrides):
     method_options = parse_method_options(flag_values.method_options)
     if flag_values.method in ("svd", "eid", "svd_eccv"):
         method_options.setdefault("gradient", flag_values.svd_gradient)
+        method_options.setdefault("backend", flag_values.svd_backend)
         method_options.setdefault("project_student", flag_values.project_student)
     fields = dict(
         teacher=flag_values.teacher,

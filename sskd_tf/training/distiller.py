@@ -101,6 +101,8 @@ class Distiller(keras.Model):
     def build(self, input_shape):
         """Run every part once on a small batch so that the method's auxiliary layers
         exist and its shape checks fail before training starts."""
+        if self.built:
+            return
         images = tf.zeros([2] + list(input_shape[1:]))
         labels = tf.zeros([2], tf.int32)
         student_out = self.student(images, training=False)

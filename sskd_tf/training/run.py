@@ -36,8 +36,8 @@ RESULTS_FILE = "results.json"
 
 @dataclasses.dataclass
 class RunConfig:
-    """Everything a run needs; None fields take the recipe's value (epochs: the
-    dataset's default_epochs first, if it has one)."""
+    """Everything a run needs; None fields take the dataset's run_defaults, then
+    the recipe's values."""
 
     teacher: str = "resnet32"
     student: str = None
@@ -66,16 +66,10 @@ class RunConfig:
 
     def resolved(self):
         """A copy with the recipe's values filled in and the student chosen."""
-        recipe = RECIPES.get(self.recipe)
-        filled = {
-            field.name: getattr(recipe, field.name)
-            for field in dataclasses.fields(recipe)
-            if field.name in {f.name for f in dataclasses.fields(self)}
-            and getattr(self, field.name) is None
-        }
-        dataset_epochs = datasets.get_dataset_info(self.dataset).default_epochs
-        if self.epochs is None and dataset_epochs:
-            filled["epochs"] = dataset_epochs
+        recipe = dataclasses.asdict(RECIPES.get(self.recipe))
+        defaults = {**recipe, **datasets.get_dataset_info(self.dataset).run_defaults}
+        filled = {name: value for name, value in defaults.items()
+                  if hasattr(self, name) and getattr(self, name) is None}
         student = self.student or models.student_for(self.teacher)
         return dataclasses.replace(self, student=student, **filled)
 

@@ -1,0 +1,262 @@
+"""`--mode=compare`: train several distillation methods with one teacher and the
+same seeds, then tabulate and plot them.
+
+Layout under --train_dir:
+  teacher/                    the shared teacher, trained once (unless --teacher_weights)
+  compare/<method>/seed<k>/   one normal run per method and seed (see training/run.py)
+  compare/results.md          the tables (with the self_distill exits, when compared)
+  compare/results.csv         one row per method
+  compare/val_accuracy.png    validation accuracy per epoch, mean over seeds
+
+A run whose results.json exists is reused, so an interrupted comparison resumes.
+"""
+import csv
+import dataclasses
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from flags.distill import parse_method_options
+from sskd_tf import data as datasets
+from sskd_tf import models
+from sskd_tf.distill import METHODS, build_method
+from sskd_tf.modes.run_config import config_from_flags
+from sskd_tf.training.callbacks import read_history
+from sskd_tf.training.recipes import RECIPES
+from sskd_tf.training.run import RESULTS_FILE, teacher_weights_path, train
+from sskd_tf.training.schedule import steps_per_epoch
+
+COMPARE_DIR = "compare"
+SVD_METHODS = ("svd", "eid", "svd_eccv")
+TRAIN_TIME_COLUMN = "train_time_s"
+CHECKED_FIELDS = ("method", "student", "dataset", "recipe", "seed", "epochs")
+CSV_COLUMNS = ("method", "seeds", "epochs", "last_val_accuracy_mean", "last_val_accuracy_std",
+               "best_val_accuracy_mean", "best_val_accuracy_std", "step_time_s")
+
+
+def run(flag_values):
+    base = config_from_flags(flag_values, method_options={})
+    options = {name: method_options(flag_values, name) for name in flag_values.methods}
+    compare(base, flag_values.methods, flag_values.seeds, options)
+
+
+def method_options(flag_values, method):
+    """--method_options (given to every method), plus the KD-SVD flags for its family
+    (as run_config.config_from_flags adds them for --method)."""
+    options = parse_method_options(flag_values.method_options)
+    if method in SVD_METHODS:
+        options.setdefault("gradient", flag_values.svd_gradient)
+        options.setdefault("backend", flag_values.svd_backend)
+        options.setdefault("project_student", flag_values.project_student)
+    return options
+
+
+def compare(base, methods, seeds, options=None):
+    """Train `methods` x `seeds` seeds (base.seed, base.seed + 1, ...) like `base`, with
+    one teacher, reusing finished runs; write the results and return the summary rows.
+    options: {method: method_options}; a method missing from it takes base.method_options."""
+    root = os.path.join(base.train_dir, COMPARE_DIR)
+    configs = {method: [run_config(base, root, method, seed, (options or {}).get(method))
+                        for seed in range(base.seed, base.seed + seeds)] for method in methods}
+    finished = {method: [_finished(c, _init_epochs(c)) for c in runs]
+                for method, runs in configs.items()}
+    if any(METHODS.get(method).needs_teacher and None in finished[method] for method in methods):
+        teacher = teacher_weights_path(base)
+        configs = {method: [dataclasses.replace(c, teacher_weights=teacher) for c in runs]
+                   for method, runs in configs.items()}
+    results = {method: [done or train(c) for c, done in zip(runs, finished[method])]
+               for method, runs in configs.items()}
+    rows = [summary_row(method, configs[method], results[method]) for method in methods]
+    exits = {method: exit_summary([evaluate_exits(c) for c in configs[method]])
+             for method in methods if hasattr(METHODS.get(method), "exit_logits")}
+    write_outputs(root, base, rows, results, exits)
+    return rows
+
+
+def run_config(base, root, method, seed, options=None):
+    """The config of one run: `base` with the method, its options and the seed, in
+    root/<method>/seed<seed>."""
+    return dataclasses.replace(
+        base, method=method, seed=seed, train_dir=os.path.join(root, method, f"seed{seed}"),
+        method_options=base.method_options if options is None else options)
+
+
+def _init_epochs(config):
+    """The method's init_epochs; fails before any training if its options do not fit it."""
+    try:
+        return build_method(config.method, **config.method_options).init_epochs
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"--method_options do not fit {config.method}: {error}") from None
+
+
+def _finished(config, init_epochs):
+    """The results of the finished run in config.train_dir, else None (also with
+    --overwrite). A finished run of other settings is an error."""
+    path = os.path.join(config.train_dir, RESULTS_FILE)
+    if not os.path.exists(path) or config.overwrite:
+        return None
+    with open(path) as handle:
+        results = json.load(handle)
+    resolved = config.resolved()
+    expected = dict(vars(resolved), epochs=resolved.epochs + init_epochs)
+    stale = [f"{name} {results[name]} (not {expected[name]})" for name in CHECKED_FIELDS
+             if results[name] != expected[name]]
+    if stale:
+        raise ValueError(f"{config.train_dir} holds a finished run with {', '.join(stale)}; "
+                         "pass --overwrite to retrain it or choose another --train_dir")
+    if config.verbose:
+        print(f"Reusing the finished run in {config.train_dir}", flush=True)
+    return results
+
+
+def step_time(config, results):
+    """Seconds per training step of a finished run: the median over epochs of the epoch's
+    training time (history.csv column train_time_s) over its steps; without that column,
+    the run's wall time over all its steps (which includes validation and checkpoints)."""
+    config = config.resolved()
+    num_train = len(range(datasets.get_dataset_info(config.dataset).num_train)[:config.take_train])
+    steps = steps_per_epoch(config.batch_size, num_train)
+    history = read_history(config.train_dir)
+    if history and TRAIN_TIME_COLUMN in history[0]:
+        return float(np.median([float(row[TRAIN_TIME_COLUMN]) for row in history])) / steps
+    return results["wall_time_s"] / (steps * results["epochs"])
+
+
+def mean_std(values):
+    """Mean and sample standard deviation (NaN for a single value)."""
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else math.nan
+
+
+def summary_row(method, configs, results):
+    last = mean_std([r["last_val_accuracy"] for r in results])
+    best = mean_std([r["best_val_accuracy"] for r in results])
+    return {
+        "method": method,
+        "seeds": len(results),
+        "epochs": results[0]["epochs"],
+        "last_val_accuracy_mean": last[0],
+        "last_val_accuracy_std": last[1],
+        "best_val_accuracy_mean": best[0],
+        "best_val_accuracy_std": best[1],
+        "step_time_s": float(np.mean([step_time(c, r) for c, r in zip(configs, results)])),
+    }
+
+
+def evaluate_exits(config):
+    """Validation accuracy and FLOPs of every exit of a finished self_distill-like run,
+    shallowest first, from its last checkpoint."""
+    config = config.resolved()
+    _, val_ds, info = datasets.build_datasets(
+        config.dataset, config.data_dir, batch_size=config.batch_size,
+        eval_batch_size=RECIPES.get(config.recipe).eval_batch_size, recipe=config.recipe,
+        seed=config.seed, take_train=config.take_train, take_test=config.take_test)
+    student = models.build_model(config.student, info.num_classes)
+    method = build_method(config.method, **config.method_options)
+    method.exit_logits(student(tf.zeros((1,) + tuple(info.image_shape))))
+    latest = tf.train.latest_checkpoint(os.path.join(config.train_dir, "checkpoints"))
+    status = tf.train.Checkpoint(student=student, method=method).restore(latest)
+    status.expect_partial().assert_existing_objects_matched()
+
+    @tf.function
+    def exit_logits(images):
+        return method.exit_logits(student(images, training=False), training=False)
+
+    accuracies = None
+    for images, labels in val_ds:
+        logits = exit_logits(images)
+        accuracies = accuracies or [keras.metrics.SparseCategoricalAccuracy() for _ in logits]
+        for accuracy, exit_logit in zip(accuracies, logits):
+            accuracy.update_state(labels, exit_logit)
+    return {"val_accuracy": [float(a.result()) for a in accuracies],
+            "flops": method.exit_flops(student)}
+
+
+def exit_summary(per_seed):
+    """Mean and std over seeds of each exit's accuracy, with its FLOPs."""
+    by_exit = zip(*[run["val_accuracy"] for run in per_seed])
+    return [{"exit": index, "flops": flops, "val_accuracy": mean_std(values)}
+            for index, (flops, values) in enumerate(zip(per_seed[0]["flops"], by_exit))]
+
+
+def write_outputs(root, base, rows, results, exits):
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, "results.md"), "w") as handle:
+        handle.write(markdown(base, rows, results, exits))
+    with open(os.path.join(root, "results.csv"), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
+        writer.writeheader()
+        writer.writerows({k: "" if _missing(v) else v for k, v in row.items()} for row in rows)
+    plot_val_accuracy(os.path.join(root, "val_accuracy.png"), results)
+
+
+def _missing(value):
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _percent(mean, std):
+    return f"{100 * mean:.2f}" + ("" if _missing(std) else f" ± {100 * std:.2f}")
+
+
+def markdown(base, rows, results, exits):
+    """results.md: the settings, the method table and one exit table per self-distilled method."""
+    resolved = base.resolved()
+    teacher_accuracy = next((r[0]["teacher_val_accuracy"] for r in results.values()
+                             if r[0]["teacher_val_accuracy"] is not None), None)
+    seeds = [str(base.seed + k) for k in range(rows[0]["seeds"])]
+    lines = [
+        "# Comparison of distillation methods", "",
+        f"{resolved.dataset}, recipe {resolved.recipe}, student {resolved.student}, "
+        f"batch {resolved.batch_size}, seeds {', '.join(seeds)}.",
+    ]
+    if teacher_accuracy is not None:
+        lines.append(
+            f"Teacher {resolved.teacher}: validation accuracy {100 * teacher_accuracy:.2f}%.")
+    lines += [
+        "Accuracies in %, mean ± sample std over seeds. Step time in ms, mean over seeds of "
+        "the training time per step (wall time / steps, including validation and tracing, "
+        f"when history.csv has no {TRAIN_TIME_COLUMN}).", "",
+        "| method | seeds | epochs | last val accuracy | best val accuracy | step time (ms) |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [f"| {r['method']} | {r['seeds']} | {r['epochs']} "
+              f"| {_percent(r['last_val_accuracy_mean'], r['last_val_accuracy_std'])} "
+              f"| {_percent(r['best_val_accuracy_mean'], r['best_val_accuracy_std'])} "
+              f"| {1000 * r['step_time_s']:.1f} |" for r in rows]
+    for method, table in exits.items():
+        full = table[-1]["flops"]
+        lines += ["", f"## {method}: every exit (last checkpoint)", "",
+                  "| exit | FLOPs (M) | FLOPs / full | val accuracy |", "|---|---|---|---|"]
+        lines += [f"| {'full' if e is table[-1] else e['exit']} | {e['flops'] / 1e6:.2f} "
+                  f"| {e['flops'] / full:.2f} | {_percent(*e['val_accuracy'])} |" for e in table]
+    return "\n".join(lines) + "\n"
+
+
+def plot_val_accuracy(path, results):
+    """One line per method: validation accuracy per epoch, mean over seeds (band: ± std)."""
+    figure = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    for method, runs in results.items():
+        curves = np.asarray([r["val_accuracy"] for r in runs], dtype=float) * 100
+        epochs = np.arange(1, curves.shape[1] + 1)
+        mean = curves.mean(axis=0)
+        (line,) = axes.plot(epochs, mean, marker="o" if len(epochs) < 20 else None, label=method)
+        if len(runs) > 1:
+            spread = curves.std(axis=0, ddof=1)
+            axes.fill_between(epochs, mean - spread, mean + spread, color=line.get_color(),
+                              alpha=0.15)
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("epoch")
+    axes.set_ylabel("validation accuracy (%)")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)

@@ -1,0 +1,184 @@
+"""`--mode=compare` on a tiny slice of digits: one teacher, the tables and the plot,
+reuse of finished runs, the self_distill exits, and the flags."""
+import copy
+import csv
+import dataclasses
+import math
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from absl import flags as absl_flags
+
+import flags  # noqa: F401  (defines the flags of main.py)
+from sskd_tf.modes import compare as compare_mode
+from sskd_tf.modes.run_config import config_from_flags
+from sskd_tf.training.run import RunConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", batch_size=64,
+            take_train=128, take_test=64, epochs=1, verbose=0)
+METHODS = ["none", "svd"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def compared(tmp_path_factory):
+    base = RunConfig(train_dir=str(tmp_path_factory.mktemp("compare")), **TINY)
+    rows = compare_mode.compare(base, METHODS, seeds=2)
+    return base, rows
+
+
+def snapshot(train_dir):
+    """Every directory under train_dir, and the mtime of every results.json."""
+    dirs, mtimes = set(), {}
+    for path, names, files in os.walk(train_dir):
+        dirs.update(os.path.join(path, name) for name in names)
+        if "results.json" in files:
+            mtimes[path] = os.path.getmtime(os.path.join(path, "results.json"))
+    return dirs, mtimes
+
+
+def read_csv(root):
+    with open(os.path.join(root, "results.csv"), newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_each_method_and_seed_is_a_run(compared):
+    base, _ = compared
+    root = os.path.join(base.train_dir, "compare")
+    for method in METHODS:
+        assert sorted(os.listdir(os.path.join(root, method))) == ["seed0", "seed1"]
+        for seed in (0, 1):
+            assert os.path.exists(os.path.join(root, method, f"seed{seed}", "results.json"))
+
+
+def test_the_teacher_is_trained_once(compared):
+    base, _ = compared
+    dirs, _ = snapshot(base.train_dir)
+    assert [d for d in dirs if os.path.basename(d) == "teacher"] == [
+        os.path.join(base.train_dir, "teacher")]
+    assert os.path.exists(os.path.join(base.train_dir, "teacher", "results.json"))
+
+
+def test_the_tables_hold_one_row_per_method(compared):
+    base, rows = compared
+    root = os.path.join(base.train_dir, "compare")
+    assert [row["method"] for row in rows] == METHODS
+    table = read_csv(root)
+    assert [row["method"] for row in table] == METHODS
+    assert tuple(table[0]) == compare_mode.CSV_COLUMNS
+    for row in table:
+        assert row["seeds"] == "2" and row["epochs"] == "1"
+        values = [float(row[column]) for column in compare_mode.CSV_COLUMNS[3:]]
+        assert all(math.isfinite(v) for v in values)
+        last, best = float(row["last_val_accuracy_mean"]), float(row["best_val_accuracy_mean"])
+        assert 0.0 <= last <= best <= 1.0
+        assert float(row["step_time_s"]) > 0
+    with open(os.path.join(root, "results.md")) as handle:
+        markdown = handle.read()
+    assert "Teacher resnet8: validation accuracy" in markdown
+    for method in METHODS:
+        assert sum(line.startswith(f"| {method} | 2 | 1 |") for line in markdown.splitlines()) == 1
+    with open(os.path.join(root, "val_accuracy.png"), "rb") as handle:
+        assert handle.read(8) == PNG_MAGIC
+
+
+def test_a_rerun_reuses_finished_runs_and_trains_the_missing_one(compared):
+    base, rows = compared
+    missing = os.path.join(base.train_dir, "compare", "svd", "seed1")
+    shutil.rmtree(missing)
+    dirs, mtimes = snapshot(base.train_dir)
+    rerun = compare_mode.compare(base, METHODS, seeds=2)
+    new_dirs, new_mtimes = snapshot(base.train_dir)
+    assert {d for d in new_dirs - dirs if not d.startswith(missing + os.sep)} == {missing}
+    assert {path: new_mtimes[path] for path in mtimes} == mtimes
+    assert missing in new_mtimes
+    assert rerun[0] == rows[0]
+
+
+def test_a_finished_run_of_other_settings_is_an_error(compared):
+    base, _ = compared
+    with pytest.raises(ValueError, match="epochs 1 \\(not 2\\).*--overwrite"):
+        compare_mode.compare(dataclasses.replace(base, epochs=2), ["none"], seeds=1)
+
+
+def test_method_options_that_do_not_fit_fail_before_training(tmp_path):
+    base = RunConfig(train_dir=str(tmp_path), **TINY)
+    with pytest.raises(ValueError, match="do not fit at"):
+        compare_mode.compare(base, ["at"], seeds=1, options={"at": {"no_such_option": 1}})
+    assert not os.listdir(tmp_path)
+
+
+def test_method_options_add_the_svd_flags_as_train_mode_does():
+    flag_values = copy.deepcopy(absl_flags.FLAGS)
+    flag_values(["main.py", "--method_options=init_epochs=0", "--svd_gradient=exact",
+                 "--project_student"])
+    assert compare_mode.method_options(flag_values, "at") == {"init_epochs": 0}
+    eid = compare_mode.method_options(flag_values, "eid")
+    flag_values.method = "eid"
+    assert eid == config_from_flags(flag_values).method_options
+    assert eid["gradient"] == "exact" and eid["project_student"] is True
+
+
+def test_step_time_takes_the_training_time_from_the_history(tmp_path):
+    config = RunConfig(train_dir=str(tmp_path), **TINY)
+    results = {"wall_time_s": 30.0, "epochs": 3}
+    assert compare_mode.step_time(config, results) == pytest.approx(30.0 / (3 * 2))
+    with open(tmp_path / "history.csv", "w") as handle:
+        handle.write("epoch,train_time_s,val_accuracy\n0,9.0,0.1\n1,2.0,0.2\n2,3.0,0.3\n")
+    assert compare_mode.step_time(config, results) == pytest.approx(3.0 / 2)
+
+
+def test_self_distill_reports_every_exit(tmp_path):
+    base = RunConfig(train_dir=str(tmp_path), **TINY)
+    compare_mode.compare(base, ["self_distill"], seeds=1)
+    assert not os.path.exists(tmp_path / "teacher")
+    with open(tmp_path / "compare" / "results.md") as handle:
+        lines = handle.read().splitlines()
+    start = lines.index("## self_distill: every exit (last checkpoint)")
+    exits = [line.split(" | ") for line in lines[start + 4:] if line.startswith("| ")]
+    assert [row[0] for row in exits] == ["| 0", "| 1", "| full"]
+    flops = [float(row[1]) for row in exits]
+    assert flops == sorted(flops) and exits[-1][2] == "1.00"
+    full_accuracy = float(read_csv(tmp_path / "compare")[0]["last_val_accuracy_mean"])
+    assert float(exits[-1][3].rstrip(" |")) == pytest.approx(100 * full_accuracy, abs=0.005)
+
+
+def test_the_flags_reach_the_comparison(monkeypatch):
+    calls = []
+    monkeypatch.setattr(compare_mode, "compare", lambda *args: calls.append(args))
+    flag_values = copy.deepcopy(absl_flags.FLAGS)
+    flag_values(["main.py", "--mode=compare", "--methods=none,svd", "--seeds=2", "--seed=5",
+                 "--svd_gradient=exact", "--train_dir=elsewhere", "--epochs=3"])
+    compare_mode.run(flag_values)
+    (base, methods, seeds, options), = calls
+    assert (base.train_dir, base.seed, base.epochs) == ("elsewhere", 5, 3)
+    assert (methods, seeds) == (["none", "svd"], 2)
+    assert options["none"] == {}
+    assert options["svd"]["gradient"] == "exact" and options["svd"]["project_student"] is False
+
+
+def test_main_py_reports_options_that_do_not_fit_in_one_line(tmp_path):
+    completed = subprocess.run(
+        [sys.executable, "main.py", "--mode=compare", "--methods=at", "--method_options=nope=1",
+         f"--train_dir={tmp_path}"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2
+    errors = [line for line in completed.stderr.splitlines() if line.startswith("main.py: error:")]
+    assert len(errors) == 1 and "do not fit at" in errors[0], completed.stderr[-2000:]
+    assert not os.listdir(tmp_path)
+
+
+@pytest.mark.parametrize("argument, message", [
+    ("--methods=svd,nope", "unknown method nope"),
+    ("--methods=svd,svd", "listed twice"),
+    ("--seeds=0", "--seeds"),
+])
+def test_bad_compare_flags_fail_in_one_line(argument, message):
+    completed = subprocess.run([sys.executable, "main.py", "--mode=compare", argument], cwd=REPO,
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 2
+    errors = [line for line in completed.stderr.splitlines() if line.startswith("main.py: error:")]
+    assert len(errors) == 1 and message in errors[0], completed.stderr[-2000:]

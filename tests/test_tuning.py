@@ -1,0 +1,193 @@
+"""`--mode=tune` (issue 6): a keras-tuner search on a tiny slice of digits, its
+results, its resumption, its HParams logs and its flags."""
+import csv
+import glob
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import tensorflow as tf
+from tensorboard.plugins.hparams import plugin_data_pb2
+
+from flags import tune as tune_flags
+from sskd_tf import tuning
+from sskd_tf.distill import METHODS
+from sskd_tf.training.run import RunConfig
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", batch_size=64,
+            take_train=128, take_test=64, epochs=1, verbose=0, method="svd",
+            method_options={"gradient": "original", "project_student": False})
+SVD_SPACE = ["weight", "clip_scale", "teacher_components", "student_extra_components",
+             "rbf_width"]
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    train_dir = str(tmp_path_factory.mktemp("search"))
+    rows = tuning.search(RunConfig(train_dir=train_dir, **TINY), tuner="random", max_trials=2,
+                         epochs=1)
+    return train_dir, rows
+
+
+def _trial_ids(train_dir):
+    return sorted(os.path.basename(path)
+                  for path in glob.glob(os.path.join(train_dir, "tune", "trial_*")))
+
+
+def _trial_files(train_dir):
+    paths = glob.glob(os.path.join(train_dir, "tune", "trial_*", "*"))
+    return {path: os.path.getmtime(path) for path in paths}
+
+
+def _hparams_events(event_dir):
+    """{tag: [HParamsPluginData]} of the hparams summaries in one run directory."""
+    found = {}
+    for path in glob.glob(os.path.join(event_dir, "events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for value in event.summary.value:
+                if value.metadata.plugin_data.plugin_name == "hparams":
+                    found.setdefault(value.tag, []).append(
+                        plugin_data_pb2.HParamsPluginData.FromString(
+                            value.metadata.plugin_data.content))
+    return found
+
+
+def _parse_flagfile(path):
+    """main.py's flags after `--flagfile=path`, parsed by main.parse_flags in a
+    fresh interpreter (so that the test's own flag state is untouched)."""
+    code = ("import json, sys, main; from absl import flags; main.parse_flags(sys.argv); "
+            "print(json.dumps({k: v for k, v in flags.FLAGS.flag_values_dict().items() "
+            "if k in ('mode', 'method', 'method_options', 'teacher', 'student', 'dataset', "
+            "'recipe', 'epochs', 'batch_size', 'learning_rate', 'lr_decay_points', "
+            "'weight_decay', 'teacher_weights', 'train_dir', 'seed', 'svd_gradient', "
+            "'project_student')}))")
+    done = subprocess.run([sys.executable, "-c", code, f"--flagfile={path}"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_random_search_runs_its_trials_and_ranks_them(searched):
+    train_dir, rows = searched
+    assert os.path.exists(os.path.join(train_dir, "teacher", "results.json"))
+    assert [row["status"] for row in rows] == ["COMPLETED", "COMPLETED"]
+    scores = [row["val_accuracy"] for row in rows]
+    assert scores == sorted(scores, reverse=True) and all(0.0 <= s <= 1.0 for s in scores)
+    assert all(set(SVD_SPACE) <= set(row) for row in rows)
+    assert rows[0]["weight"] != rows[1]["weight"]
+
+
+def test_the_table_is_written_as_csv_and_markdown(searched):
+    train_dir, rows = searched
+    with open(os.path.join(train_dir, "tune", "trials.csv"), newline="") as handle:
+        table = list(csv.DictReader(handle))
+    assert [row["trial"] for row in table] == [row["trial"] for row in rows]
+    assert [float(row["val_accuracy"]) for row in table] == [row["val_accuracy"] for row in rows]
+    assert [float(row["weight"]) for row in table] == [row["weight"] for row in rows]
+    with open(os.path.join(train_dir, "tune", "trials.md")) as handle:
+        lines = handle.read().splitlines()
+    assert lines[0].startswith("| trial | status | val_accuracy | best_epoch | weight")
+    assert len(lines) == 2 + len(rows)
+
+
+def test_the_best_trial_is_a_flagfile_that_main_accepts(searched):
+    train_dir, rows = searched
+    best = rows[0]
+    flagfile = os.path.join(train_dir, "tune", "best.flags")
+    with open(flagfile) as handle:
+        lines = handle.read().splitlines()
+    assert "--mode=train" in lines and "--mode=tune" not in lines
+    assert "--svd_gradient=original" in lines and "--noproject_student" in lines
+    values = _parse_flagfile(flagfile)
+    assert values["mode"] == "train" and values["method"] == "svd"
+    assert values["svd_gradient"] == "original" and values["project_student"] is False
+    options = dict(item.split("=", 1) for item in values["method_options"])
+    assert sorted(options) == sorted(SVD_SPACE)
+    for name in SVD_SPACE:
+        assert float(options[name]) == pytest.approx(best[name], rel=1e-12)
+    assert (values["teacher"], values["student"], values["dataset"]) == ("resnet8", "resnet8",
+                                                                         "digits")
+    assert values["recipe"] == "kd_methods" and values["epochs"] == 1
+    assert values["batch_size"] == 64 and values["learning_rate"] == 0.1
+    assert values["teacher_weights"] == os.path.join(train_dir, "teacher", "student.keras")
+    assert os.path.exists(values["teacher_weights"])
+    assert values["train_dir"] == os.path.join(train_dir, "best")
+
+
+def test_the_hparams_logs_hold_the_experiment_and_every_trial(searched):
+    train_dir, rows = searched
+    hparams_dir = os.path.join(train_dir, "tune", "hparams")
+    experiment = _hparams_events(hparams_dir)["_hparams_/experiment"][-1].experiment
+    assert [info.name for info in experiment.hparam_infos] == SVD_SPACE
+    metrics = {(m.name.group, m.name.tag) for m in experiment.metric_infos}
+    assert ("validation", "epoch_accuracy") in metrics
+    for row in rows:
+        run_dir = os.path.join(hparams_dir, row["trial"], "execution0")
+        start = _hparams_events(run_dir)["_hparams_/session_start_info"][0].session_start_info
+        assert start.hparams["weight"].number_value == pytest.approx(row["weight"])
+        assert glob.glob(os.path.join(run_dir, "validation", "events.out.tfevents.*"))
+
+
+def test_a_rerun_resumes_and_more_trials_continue_the_search(searched, tmp_path):
+    train_dir = str(tmp_path / "copy")
+    shutil.copytree(searched[0], train_dir)
+    before = _trial_files(train_dir)
+    config = RunConfig(train_dir=train_dir, **TINY)
+    rows = tuning.search(config, tuner="random", max_trials=2, epochs=1)
+    assert _trial_files(train_dir) == before
+    assert [(r["trial"], r["weight"]) for r in rows] == [(r["trial"], r["weight"])
+                                                        for r in searched[1]]
+    rows = tuning.search(config, tuner="random", max_trials=3, epochs=1)
+    assert _trial_ids(train_dir) == ["trial_0", "trial_1", "trial_2"]
+    assert {path: _trial_files(train_dir)[path] for path in before} == before
+    assert len(rows) == 3 and all(row["status"] == "COMPLETED" for row in rows)
+
+
+def test_a_search_with_other_settings_needs_overwrite(searched):
+    config = RunConfig(train_dir=searched[0], **TINY)
+    with pytest.raises(ValueError, match="other settings.*tune_epochs.*--overwrite"):
+        tuning.search(config, tuner="random", max_trials=2, epochs=3)
+
+
+def test_fixed_method_options_leave_the_search_space(tmp_path):
+    config = RunConfig(method="svd", method_options={"weight": 2.0, "gradient": "exact"})
+    hp = tuning.search_space(config)
+    assert hp.values["weight"] == 2.0
+    assert tuning.tuned_names(hp) == [name for name in SVD_SPACE if name != "weight"]
+    nothing_left = RunConfig(**{**TINY, "train_dir": str(tmp_path), "method_options": {
+        name: 1 for name in SVD_SPACE}})
+    with pytest.raises(ValueError, match="--method_options fixes all of weight, clip_scale"):
+        tuning.search(nothing_left)
+
+
+def test_a_method_without_a_search_space_is_refused(tmp_path):
+    assert not tuning.tuned_names(tuning.search_space(RunConfig(method="none")))
+    with pytest.raises(ValueError, match="--method=none leaves nothing to search: it declares no"):
+        tuning.search(RunConfig(**{**TINY, "method": "none", "train_dir": str(tmp_path)}))
+    assert not os.path.exists(os.path.join(str(tmp_path), "teacher"))
+
+
+def test_every_method_but_none_declares_a_search_space():
+    for name in METHODS.names():
+        if name != "none":
+            assert tuning.tuned_names(tuning.search_space(RunConfig(method=name))), name
+
+
+def test_the_tuner_flag_lists_the_tuners_of_the_module():
+    assert tuple(tune_flags.TUNERS) == tuple(tuning.TUNERS)
+
+
+@pytest.mark.parametrize("flag, message", [
+    ("--tuner=bogus", "value should be one of <random|bayesian|hyperband>"),
+    ("--max_trials=0", "--max_trials"),
+    ("--tune_epochs=0", "--tune_epochs"),
+])
+def test_bad_tune_flags_fail_at_parsing_with_one_line(flag, message):
+    done = subprocess.run([sys.executable, "main.py", "--mode=tune", flag], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr
