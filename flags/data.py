@@ -15,3 +15,6 @@ flags.DEFINE_string("data_dir", None,
                     "extracted folder, or a directory holding either.")
 flags.register_validator("data_dir", lambda path: path is None or os.path.exists(path),
                          message="no such file or directory")
+flags.DEFINE_integer("take_train", None,
+                     "Keep only the first N training examples (quick checks, tests).", lower_bound=1)
+flags.DEFINE_integer("take_test", None, "Keep only the first N test examples.", lower_bound=1)

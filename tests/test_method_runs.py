@@ -6,10 +6,8 @@ import os
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 
-from sskd_tf.data import digits
 from sskd_tf.distill.names import METHOD_NAMES
 from sskd_tf.training.callbacks import read_history
 from sskd_tf.training.run import RunConfig, train
@@ -20,15 +18,6 @@ TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", batch_size=6
 NO_INIT_PHASE = {"fitnet": {"init_epochs": 0}, "fsp": {"init_epochs": 0}}
 CLI_METHOD = "svd"
 IN_PROCESS_METHODS = [name for name in METHOD_NAMES if name != CLI_METHOD]
-# main.py has no flag for a slice of the data: the command line runs main.py as
-# `python main.py` would, with the bundled digits file replaced by a slice of it.
-MAIN_ON_DIGITS_FILE = """
-import runpy, sys
-from sskd_tf.data import digits
-digits.NPZ_PATH = sys.argv.pop(1)
-sys.argv[0] = "main.py"
-runpy.run_path("main.py", run_name="__main__")
-"""
 
 
 @pytest.fixture(scope="module")
@@ -36,16 +25,6 @@ def teacher_weights(tmp_path_factory):
     train_dir = str(tmp_path_factory.mktemp("teacher"))
     train(RunConfig(method="none", train_dir=train_dir, **TINY))
     return os.path.join(train_dir, "student.keras")
-
-
-def tiny_digits_file(path):
-    """The bundled digits.npz with only the first TINY examples of each split."""
-    with np.load(digits.NPZ_PATH) as bundle:
-        arrays = dict(bundle)
-    arrays["train_indices"] = arrays["train_indices"][:TINY["take_train"]]
-    arrays["test_indices"] = arrays["test_indices"][:TINY["take_test"]]
-    np.savez(path, **arrays)
-    return str(path)
 
 
 def check_run(train_dir, epochs):
@@ -77,9 +56,10 @@ def test_the_init_phase_adds_its_epochs(teacher_weights, tmp_path):
 
 
 def test_main_py_distils_with_svd(teacher_weights, tmp_path):
-    command = [sys.executable, "-c", MAIN_ON_DIGITS_FILE, tiny_digits_file(tmp_path / "digits.npz"),
+    command = [sys.executable, "main.py",
                "--teacher=resnet8", "--student=resnet8", f"--method={CLI_METHOD}",
                "--dataset=digits", "--epochs=1", "--batch_size=64",
+               f"--take_train={TINY['take_train']}", f"--take_test={TINY['take_test']}",
                f"--teacher_weights={teacher_weights}", f"--train_dir={tmp_path / 'run'}"]
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert completed.returncode == 0, completed.stderr[-2000:]

@@ -23,18 +23,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from flags.distill import parse_method_options
 from sskd_tf import data as datasets
 from sskd_tf import models
 from sskd_tf.distill import METHODS, build_method
-from sskd_tf.modes.run_config import config_from_flags
+from sskd_tf.modes.run_config import config_from_flags, method_options
 from sskd_tf.training.callbacks import read_history
 from sskd_tf.training.recipes import RECIPES
 from sskd_tf.training.run import RESULTS_FILE, teacher_weights_path, train
 from sskd_tf.training.schedule import steps_per_epoch
 
 COMPARE_DIR = "compare"
-SVD_METHODS = ("svd", "eid", "svd_eccv")
 TRAIN_TIME_COLUMN = "train_time_s"
 CHECKED_FIELDS = ("method", "student", "dataset", "recipe", "seed", "epochs")
 CSV_COLUMNS = ("method", "seeds", "epochs", "last_val_accuracy_mean", "last_val_accuracy_std",
@@ -45,17 +43,6 @@ def run(flag_values):
     base = config_from_flags(flag_values, method_options={})
     options = {name: method_options(flag_values, name) for name in flag_values.methods}
     compare(base, flag_values.methods, flag_values.seeds, options)
-
-
-def method_options(flag_values, method):
-    """--method_options (given to every method), plus the KD-SVD flags for its family
-    (as run_config.config_from_flags adds them for --method)."""
-    options = parse_method_options(flag_values.method_options)
-    if method in SVD_METHODS:
-        options.setdefault("gradient", flag_values.svd_gradient)
-        options.setdefault("backend", flag_values.svd_backend)
-        options.setdefault("project_student", flag_values.project_student)
-    return options
 
 
 def compare(base, methods, seeds, options=None):
