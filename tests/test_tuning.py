@@ -14,6 +14,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 
 from flags import tune as tune_flags
 from sskd_tf import tuning
+from sskd_tf.data import digits
 from sskd_tf.distill import METHODS
 from sskd_tf.training.run import RunConfig
 
@@ -112,7 +113,8 @@ def test_the_best_trial_is_a_flagfile_that_main_accepts(searched):
     assert (values["teacher"], values["student"], values["dataset"]) == ("resnet8", "resnet8",
                                                                          "digits")
     assert values["recipe"] == "kd_methods" and values["epochs"] == 1
-    assert values["batch_size"] == 64 and values["learning_rate"] == 0.1
+    assert values["batch_size"] == 64
+    assert values["learning_rate"] == digits.RUN_DEFAULTS["learning_rate"]
     assert values["teacher_weights"] == os.path.join(train_dir, "teacher", "student.keras")
     assert os.path.exists(values["teacher_weights"])
     assert values["train_dir"] == os.path.join(train_dir, "best")
