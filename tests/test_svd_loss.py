@@ -6,6 +6,7 @@ import tensorflow as tf
 
 import svd_reference as ref
 from sskd_tf import linalg
+from sskd_tf.distill import build_method
 from sskd_tf.distill import svd as svd_module
 from sskd_tf.distill.svd import svd_kd_loss
 
@@ -213,3 +214,11 @@ def test_bad_arguments_are_clear_errors(kwargs, message):
     maps = [tf.zeros((1, 2, 2, 2))] * 2
     with pytest.raises(ValueError, match=message):
         svd_kd_loss(maps, maps, **kwargs)
+
+
+@pytest.mark.parametrize("option", [{"teacher_components": 0}, {"student_extra_components": -1},
+                                    {"rbf_width": 0.0}, {"weight": -1.0}])
+def test_out_of_range_method_options_are_clear_errors(option):
+    name, value = next(iter(option.items()))
+    with pytest.raises(ValueError, match=f"svd: {name}={value} is out of range"):
+        build_method("svd", **option)

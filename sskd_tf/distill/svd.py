@@ -306,6 +306,11 @@ class KDSVD(DistillationMethod):
                  backend="svd", **kwargs):
         super().__init__(**kwargs)
         check_backend(backend)
+        limits = {"teacher_components": (teacher_components, 1), "rbf_width": (rbf_width, 1e-12),
+                  "student_extra_components": (student_extra_components, 0), "weight": (weight, 0)}
+        for option, (value, lowest) in limits.items():
+            if value < lowest:
+                raise ValueError(f"{self.name}: {option}={value} is out of range (at least {lowest})")
         self.gradient = gradient
         self.backend = backend
         self.weight = float(weight)
