@@ -1,0 +1,109 @@
+"""Part 1: wall time of one training step of resnet32 -> resnet8, through the real
+`Distiller` train function that `fit` calls (KD_methods_with_TF recipe: SGD with
+Nesterov momentum, weight decay 5e-4 on the student, the clipped multi-task update).
+
+Rows: (a) the student alone (method "none"); (b) (a) plus the teacher's forward pass;
+(c) every registered method, the KD-SVD family with each decomposition backend, and
+KD-SVD with the summed instead of the clipped update, whose difference from the
+clipped row is the cost of the clip rule's second backward pass.
+"""
+import dataclasses
+
+import numpy as np
+import tensorflow as tf
+
+from sskd_tf import models
+from sskd_tf.distill import METHODS, DistillationMethod, build_method
+from sskd_tf.training.run import RunConfig, build_distiller
+from sskd_tf.training.schedule import steps_per_epoch
+
+STUDENT_ONLY = "(a) student"
+WITH_TEACHER = "(b) student + teacher forward"
+SVD_FAMILY = ("svd", "eid", "svd_eccv")
+SUM_RULE = "svd, sum rule"
+CIFAR_TRAIN_IMAGES = 50_000
+
+
+class TeacherForward(DistillationMethod):
+    """Row (b): the teacher runs but teaches nothing. Its one term is a stop-gradient
+    of the teacher's logits, so the graph keeps the teacher's forward pass while the
+    backward pass stays the student-only one."""
+
+    gradient_rule = "sum"
+
+    def call(self, student_out, teacher_out, labels, training=False):
+        del student_out, labels, training
+        return {self.name: tf.stop_gradient(tf.reduce_mean(teacher_out["logits"]))}
+
+
+def _sum_rule_method(backend):
+    """KD-SVD whose distillation gradient is added unclipped: one backward pass."""
+    method_class = type("KDSVDSumRule", (METHODS.get("svd"),), {"gradient_rule": "sum"})
+    return method_class(name="svd", backend=backend)
+
+
+@dataclasses.dataclass(frozen=True)
+class StepCase:
+    """One row: a method (registered name, or one of the probes above) and its options."""
+
+    label: str
+    method: str
+    options: tuple = ()
+    jit: bool = False
+
+
+def default_cases(backends=("svd", "gram", "hybrid"), jit_cases=True):
+    """Rows (a), (b), every registered method (the KD-SVD family once per backend),
+    the sum-rule diagnostic (its difference from the clipped step does not depend on
+    the backend: timed with "gram") and the XLA rows when `jit_cases`."""
+    cases = [StepCase(STUDENT_ONLY, "none"), StepCase(WITH_TEACHER, "teacher_forward")]
+    for name in METHODS.names():
+        if name == "none":
+            continue
+        if name in SVD_FAMILY:
+            cases += [StepCase(f"{name} [{b}]", name, (("backend", b),)) for b in backends]
+        else:
+            cases.append(StepCase(name, name))
+    cases += [StepCase(f"{SUM_RULE} [{b}]", "svd_sum", (("backend", b),))
+              for b in backends if b == "gram"]
+    if jit_cases:
+        cases += [StepCase(f"{STUDENT_ONLY}, jit", "none", jit=True),
+                  StepCase(f"{WITH_TEACHER}, jit", "teacher_forward", jit=True),
+                  StepCase("svd [gram], jit", "svd", (("backend", "gram"),), jit=True)]
+    return cases
+
+
+def make_method(case):
+    options = dict(case.options)
+    if case.method == "teacher_forward":
+        return TeacherForward(name="teacher_forward")
+    if case.method == "svd_sum":
+        return _sum_rule_method(**options)
+    return build_method(case.method, **options)
+
+
+def synthetic_batch(batch_size, num_classes, seed=0):
+    """Normalised-looking images [B, 32, 32, 3] and labels [B]."""
+    rng = np.random.default_rng(seed)
+    images = rng.normal(size=(batch_size, 32, 32, 3)).astype(np.float32)
+    return tf.constant(images), tf.constant(rng.integers(0, num_classes, batch_size))
+
+
+def build_step(case, teacher, batch, student_name="resnet8", num_classes=100):
+    """A no-argument callable running one real train step on `batch` and waiting for it."""
+    config = RunConfig(teacher=teacher.name, student=student_name, method=case.method,
+                       jit=case.jit, verbose=0).resolved()
+    method = make_method(case)
+    student = models.build_model(student_name, num_classes, weight_decay=config.weight_decay)
+    method.prepare(teacher, tf.data.Dataset.from_tensors(batch))
+    steps_in_epoch = steps_per_epoch(int(batch[0].shape[0]), CIFAR_TRAIN_IMAGES)
+    distiller = build_distiller(config, method, teacher if method.needs_teacher else None,
+                                student, steps_in_epoch)
+    distiller.make_train_function()
+    iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
+
+    def step():
+        logs = distiller.train_function(iterator)
+        return {name: float(value) for name, value in logs.items()}
+
+    return step
