@@ -1,14 +1,15 @@
 """One training-step row run alone in a fresh Python process (parts `memory` and `xla`).
 
 The child builds the row, times its first step (tracing, and XLA compilation with
-jit) and its next steps, and reads its memory from the kernel:
-`tf.config.experimental.get_memory_info` has no statistics for the CPU device, so
-after warm-up the child records its resident set between steps, resets the
-high-water mark (`/proc/self/clear_refs`, Linux >= 4.0), runs the measured steps and
-reads the new mark (VmHWM). The step's own memory is the difference. The mark before
-the reset (building, tracing and warm-up included) is kept as the process peak;
-`getrusage().ru_maxrss` is not used because Linux carries it over `execve`, so a
-child would report its parent's peak.
+jit) and its next steps, and measures its memory two ways after warm-up:
+- tensors: the child runs with TensorFlow's BFC allocator on the CPU
+  (TF_CPU_ALLOCATOR_USE_BFC), whose statistics `tf.config.experimental.get_memory_info`
+  reads; the peak is reset before the measured steps. Exact and repeatable: the
+  number the targets use.
+- resident set: the kernel's high-water mark (VmHWM) after a reset through
+  `/proc/self/clear_refs` (Linux >= 4.0). It includes the runtime, the allocator's
+  cached free blocks and the code, and moves by +-15% from run to run.
+  `getrusage().ru_maxrss` is not used: Linux carries it over `execve`.
 """
 import dataclasses
 import json
@@ -18,12 +19,15 @@ import sys
 import time
 
 import numpy as np
+import tensorflow as tf
 
 from benchmarks import steps as step_cases
 from sskd_tf import models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHILD_FLAG = "--child_case"
+DEVICE = "CPU:0"
+MIB = 2 ** 20
 
 
 def _status_kib(field):
@@ -48,13 +52,18 @@ def child(case, batch_size, steps, warmup):
     between_steps = _status_kib("VmRSS")
     with open("/proc/self/clear_refs", "w") as clear_refs:
         clear_refs.write("5")
+    tensors_between_steps = tf.config.experimental.get_memory_info(DEVICE)["current"]
+    tf.config.experimental.reset_memory_stats(DEVICE)
     times = []
     for _ in range(steps):
         start = time.perf_counter()
         step()
         times.append(time.perf_counter() - start)
     peak = _status_kib("VmHWM")
+    tensor_peak = tf.config.experimental.get_memory_info(DEVICE)["peak"]
     return {"first_step_s": first_step, "step_s": float(np.median(times)),
+            "tensor_peak_mib": tensor_peak / MIB,
+            "tensor_increment_mib": (tensor_peak - tensors_between_steps) / MIB,
             "rss_between_steps_mib": between_steps / 1024, "step_peak_mib": peak / 1024,
             "step_increment_mib": (peak - between_steps) / 1024,
             "process_peak_mib": max(process_peak, peak) / 1024}
@@ -68,7 +77,8 @@ def run(case, batch_size, steps=3, warmup=2, timeout=None):
                "--steps", str(steps), "--warmup", str(max(warmup, 1))]
     try:
         completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True,
-                                   timeout=timeout)
+                                   timeout=timeout,
+                                   env={**os.environ, "TF_CPU_ALLOCATOR_USE_BFC": "true"})
     except subprocess.TimeoutExpired:
         return {"error": f"no result within {timeout} s"}
     if completed.returncode:

@@ -9,8 +9,11 @@ TARGETS = {
     "decomposition_share": ("gram decomposition fwd+bwd, 3 taps / KD-SVD [gram] step", 0.05, "<="),
     "pipeline_over_training": ("pipeline images/s / training images/s (row a, slowest recipe)",
                                5.0, ">="),
-    "memory_peak_over_b": ("KD-SVD step peak RSS / (b) peak RSS (worst backend)", 1.5, "<="),
+    "memory_peak_over_b": ("KD-SVD step tensor peak / (b) tensor peak (worst backend)", 1.5,
+                           "<="),
 }
+# The memory the targets compare: the allocator's peak of live tensors in a step.
+PEAK = "tensor_peak_mib"
 
 
 def _median(results, label):
@@ -27,6 +30,8 @@ def derived(results):
         if b and step:
             values[f"kd_svd_{backend}_over_b"] = step / b
         summed = _median(results, f"{SUM_RULE} [{backend}]")
+        if b and summed:
+            values[f"sum_rule_{backend}_over_b"] = summed / b
         if step and summed:
             values[f"clip_rule_share_{backend}"] = (step - summed) / step
     gram_step = _median(results, "svd [gram]")
@@ -40,11 +45,11 @@ def derived(results):
         values["pipeline_over_training"] = min(
             row["images_per_s"] for row in results["pipeline"]) / training
     peaks = results.get("memory", {})
-    if "step_peak_mib" in peaks.get(WITH_TEACHER, {}):
-        kd_peaks = [row["step_peak_mib"] for label, row in peaks.items()
-                    if label.startswith("svd [") and "step_peak_mib" in row]
+    if PEAK in peaks.get(WITH_TEACHER, {}):
+        kd_peaks = [row[PEAK] for label, row in peaks.items()
+                    if label.startswith("svd [") and PEAK in row]
         if kd_peaks:
-            values["memory_peak_over_b"] = max(kd_peaks) / peaks[WITH_TEACHER]["step_peak_mib"]
+            values["memory_peak_over_b"] = max(kd_peaks) / peaks[WITH_TEACHER][PEAK]
     return values
 
 
@@ -95,14 +100,17 @@ def _decomposition_table(results):
 
 def _memory_table(results):
     peaks = results["memory"]
-    b = peaks.get(WITH_TEACHER)
-    rows = [[label, row["error"], "", "", ""] if "error" in row else
-            [label, f"{row['step_peak_mib']:.0f}", f"{row['step_increment_mib']:.0f}",
-             f"{row['process_peak_mib']:.0f}",
-             f"{row['step_peak_mib'] / b['step_peak_mib']:.2f}" if b and "error" not in b else "-"]
-            for label, row in peaks.items()]
-    return _table(["step", "step peak MiB", "step increment MiB", "process peak MiB",
-                   "peak / (b)"], rows)
+    b = peaks.get(WITH_TEACHER, {})
+    rows = []
+    for label, row in peaks.items():
+        if "error" in row:
+            rows.append([label, row["error"], "", "", "", ""])
+            continue
+        ratio = f"{row[PEAK] / b[PEAK]:.2f}" if PEAK in b else "-"
+        rows.append([label, f"{row[PEAK]:.0f}", f"{row['tensor_increment_mib']:.0f}", ratio,
+                     f"{row['step_peak_mib']:.0f}", f"{row['process_peak_mib']:.0f}"])
+    return _table(["step", "tensor peak MiB", "of which made by the step", "peak / (b)",
+                   "resident peak MiB", "process resident peak MiB"], rows)
 
 
 def _xla_table(results):

@@ -20,7 +20,7 @@ from benchmarks import steps as step_cases
 PARTS = ("steps", "decomposition", "memory", "pipeline", "xla")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MEMORY_LABELS = (step_cases.STUDENT_ONLY, step_cases.WITH_TEACHER, "svd [svd]", "svd [gram]",
-                 "svd [hybrid]")
+                 "svd [hybrid]", f"{step_cases.SUM_RULE} [gram]")
 
 
 def parse_args(argv=None):

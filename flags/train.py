@@ -23,7 +23,8 @@ flags.DEFINE_string("teacher_weights", None,
 flags.DEFINE_enum("strategy", "default", STRATEGIES,
                   "default: one device; mirrored: all GPUs (2 logical CPUs without GPU); "
                   "multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.")
-flags.DEFINE_bool("jit", False, "XLA-compile the train step (jit_compile).")
+flags.DEFINE_bool("jit", False, "XLA-compile the train step (jit_compile). Which methods "
+                  "compile, and whether it pays on CPU: docs/benchmarks.md.")
 flags.DEFINE_bool("deterministic", False,
                   "TensorFlow op determinism: with --seed, two runs give identical weights.")
 flags.DEFINE_integer("max_consecutive_skips", 20,

@@ -253,3 +253,17 @@ def test_svd_backend_flag_reaches_the_method_options(method, expected):
     flag_values = copy.deepcopy(absl_flags.FLAGS)
     flag_values(["main.py", f"--method={method}", "--svd_backend=hybrid"])
     assert config_from_flags(flag_values).method_options.get("backend") == expected
+
+
+@pytest.mark.parametrize("name,backend,advised", [
+    ("svd", "svd", True), ("svd", "hybrid", True), ("svd_eccv", "svd", True),
+    ("svd", "gram", False), ("svd_eccv", "gram", False), ("eid", "svd", False)])
+def test_jit_advice_names_the_backends_that_run_tf_linalg_svd(name, backend, advised):
+    advice = build_method(name, backend=backend).jit_advice()
+    assert bool(advice) == advised
+    if advised:
+        assert f"--svd_backend={backend}" in advice and "--svd_backend=gram" in advice
+
+
+def test_methods_without_a_decomposition_give_no_jit_advice():
+    assert build_method("at").jit_advice() == ""

@@ -46,6 +46,11 @@ class DistillationMethod(keras.layers.Layer):
         """Hook run once before training, after the teacher is ready (e.g. to
         estimate a projection from the teacher's features). Default: nothing."""
 
+    def jit_advice(self):
+        """A note for runs that XLA-compile the train step (`--jit`) when part of
+        this method compiles or runs badly under XLA; empty when nothing does."""
+        return ""
+
     @classmethod
     def search_space(cls, hp):
         """keras-tuner hyperparameters of this method, as constructor kwargs."""

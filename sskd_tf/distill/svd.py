@@ -350,6 +350,16 @@ class KDSVD(DistillationMethod):
             student_extra_components=self.student_extra_components, rbf_width=self.rbf_width)
         return {self.name: self.weight * loss}
 
+    def jit_advice(self):
+        """XLA lowers `tf.linalg.svd` to a one-sided Jacobi SVD: on a 2-core CPU the
+        first compiled step had not finished after 4 minutes even at batch 8
+        (docs/benchmarks.md). KD-EID's own route and the "gram" backend use eigh."""
+        if self.variant == "eid" or self.backend == "gram":
+            return ""
+        return (f"{self.name}: --svd_backend={self.backend} runs tf.linalg.svd, which XLA "
+                "compiles to a slow Jacobi SVD (minutes per step on CPU); with --jit prefer "
+                "--svd_backend=gram (docs/benchmarks.md)")
+
     @classmethod
     def search_space(cls, hp):
         return {
