@@ -61,6 +61,27 @@ def _relative(a, b):
     return difference and difference / np.linalg.norm(b)
 
 
+def _assert_loss_of_svd_backend(backend, variant, relu, seeds):
+    """float32 resnet taps: `backend`'s loss within 1e-4 relative of the "svd" backend's."""
+    student = _maps(RESNET_TAPS, batch=3, seed=seeds[0], relu=relu)
+    teacher = _maps(RESNET_TAPS, batch=3, seed=seeds[1], relu=relu)
+    other = svd_kd_loss(student, teacher, variant, backend=backend).numpy()
+    faithful = svd_kd_loss(student, teacher, variant, backend="svd").numpy()
+    assert abs(other - faithful) <= 1e-4 * abs(faithful)
+
+
+def _assert_gradients_of_svd_backend(backend, variant, gradient, seeds):
+    """float64 resnet taps: `backend`'s loss (rtol 1e-9) and student gradients
+    (relative 1e-6) equal the "svd" backend's."""
+    student = _maps(RESNET_TAPS, batch=2, seed=seeds[0], relu=False, dtype=np.float64)
+    teacher = _maps(RESNET_TAPS, batch=2, seed=seeds[1], relu=False, dtype=np.float64)
+    other_loss, other = _loss_and_grads(student, teacher, variant, gradient, backend)
+    ref_loss, ref = _loss_and_grads(student, teacher, variant, gradient, "svd")
+    np.testing.assert_allclose(other_loss, ref_loss, rtol=1e-9)
+    for got, want in zip(other, ref):
+        assert _relative(got, want) < 1e-6
+
+
 @pytest.mark.parametrize("shape", MATRIX_SHAPES)
 def test_factors_are_tf_svd_factors_with_fixed_signs(shape):
     x = tf.constant(np.random.default_rng(0).normal(size=shape))
@@ -100,24 +121,14 @@ def test_float32_kept_components_as_accurate_as_tf_svd():
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_loss_equals_the_svd_backend_with_the_same_signs(svd_with_gram_signs, variant, relu):
-    student = _maps(RESNET_TAPS, batch=3, seed=3, relu=relu)
-    teacher = _maps(RESNET_TAPS, batch=3, seed=4, relu=relu)
-    fast = svd_kd_loss(student, teacher, variant, backend="gram").numpy()
-    faithful = svd_kd_loss(student, teacher, variant, backend="svd").numpy()
-    assert abs(fast - faithful) <= 1e-4 * abs(faithful)
+    _assert_loss_of_svd_backend("gram", variant, relu, seeds=(3, 4))
 
 
 @pytest.mark.parametrize("gradient", ["original", "exact"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_gradients_equal_the_svd_backend_with_the_same_signs(svd_with_gram_signs, variant,
                                                              gradient):
-    student = _maps(RESNET_TAPS, batch=2, seed=5, relu=False, dtype=np.float64)
-    teacher = _maps(RESNET_TAPS, batch=2, seed=6, relu=False, dtype=np.float64)
-    fast_loss, fast = _loss_and_grads(student, teacher, variant, gradient, "gram")
-    ref_loss, ref = _loss_and_grads(student, teacher, variant, gradient, "svd")
-    np.testing.assert_allclose(fast_loss, ref_loss, rtol=1e-9)
-    for got, want in zip(fast, ref):
-        assert _relative(got, want) < 1e-6
+    _assert_gradients_of_svd_backend("gram", variant, gradient, seeds=(5, 6))
 
 
 def test_float32_gradients_close_to_the_svd_backend(svd_with_gram_signs):
@@ -167,23 +178,13 @@ def _degenerate_maps(batch=4):
 @pytest.mark.parametrize("relu", [True, False])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_hybrid_loss_equals_the_svd_backend(variant, relu):
-    student = _maps(RESNET_TAPS, batch=3, seed=16, relu=relu)
-    teacher = _maps(RESNET_TAPS, batch=3, seed=17, relu=relu)
-    hybrid = svd_kd_loss(student, teacher, variant, backend="hybrid").numpy()
-    faithful = svd_kd_loss(student, teacher, variant, backend="svd").numpy()
-    assert abs(hybrid - faithful) <= 1e-4 * abs(faithful)
+    _assert_loss_of_svd_backend("hybrid", variant, relu, seeds=(16, 17))
 
 
 @pytest.mark.parametrize("gradient", ["original", "exact"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_hybrid_gradients_equal_the_svd_backend(variant, gradient):
-    student = _maps(RESNET_TAPS, batch=2, seed=18, relu=False, dtype=np.float64)
-    teacher = _maps(RESNET_TAPS, batch=2, seed=19, relu=False, dtype=np.float64)
-    hybrid_loss, hybrid = _loss_and_grads(student, teacher, variant, gradient, "hybrid")
-    ref_loss, ref = _loss_and_grads(student, teacher, variant, gradient, "svd")
-    np.testing.assert_allclose(hybrid_loss, ref_loss, rtol=1e-9)
-    for got, want in zip(hybrid, ref):
-        assert _relative(got, want) < 1e-6
+    _assert_gradients_of_svd_backend("hybrid", variant, gradient, seeds=(18, 19))
 
 
 @pytest.mark.parametrize("backend", ["gram", "hybrid"])
