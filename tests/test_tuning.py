@@ -18,7 +18,8 @@ from sskd_tf.data import digits
 from sskd_tf.distill import METHODS
 from sskd_tf.training.run import RunConfig
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from main_cli import REPO, main_error
+
 TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", batch_size=64,
             take_train=128, take_test=64, epochs=1, verbose=0, method="svd",
             method_options={"gradient": "original", "project_student": False})
@@ -189,7 +190,5 @@ def test_the_tuner_flag_lists_the_tuners_of_the_module():
     ("--tune_epochs=0", "--tune_epochs"),
 ])
 def test_bad_tune_flags_fail_at_parsing_with_one_line(flag, message):
-    done = subprocess.run([sys.executable, "main.py", "--mode=tune", flag], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert len(done.stderr.strip().splitlines()) == 1 and message in done.stderr
+    error, done = main_error("--mode=tune", flag, timeout=120)
+    assert len(done.stderr.strip().splitlines()) == 1 and message in error
