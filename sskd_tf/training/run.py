@@ -240,8 +240,9 @@ def train(config):
     start = time.time()
     with strategy.scope():
         method = _build_method(config)
-        if config.jit and method.jit_advice():
-            _log(config, f"Note: {method.jit_advice()}")
+        jit_advice = method.jit_advice() if config.jit else ""
+        if jit_advice:
+            _log(config, f"Note: {jit_advice}")
         teacher, teacher_accuracy = (load_teacher(config, info.num_classes, weights_path, val_ds)
                                      if needs_teacher else (None, None))
         student = models.build_model(config.student, info.num_classes, weight_decay=config.weight_decay)
