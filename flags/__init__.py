@@ -7,6 +7,7 @@ from flags import common  # noqa: F401
 from flags import compare  # noqa: F401
 from flags import data  # noqa: F401
 from flags import distill  # noqa: F401
+from flags import export  # noqa: F401
 from flags import model  # noqa: F401
 from flags import train  # noqa: F401
 from flags import tune  # noqa: F401

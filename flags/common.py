@@ -1,11 +1,12 @@
 """Flags every mode shares: what to run and where to write."""
 from absl import flags
 
-MODES = ("train", "teacher", "summary", "compare", "tune")
+MODES = ("train", "teacher", "summary", "compare", "tune", "export")
 
 flags.DEFINE_enum("mode", "train", MODES,
                   "train: distil a student (training the teacher first if needed); "
                   "teacher: train the teacher alone; summary: print both models; "
-                  "compare: train several methods with the same teacher; tune: search loss weights.")
+                  "compare: train several methods with the same teacher; tune: search loss weights; "
+                  "export: convert the student of a finished --train_dir to LiteRT.")
 flags.DEFINE_string("train_dir", "runs/default", "Directory for checkpoints, logs and results.")
 flags.DEFINE_integer("seed", 0, "Random seed for weights, data order and augmentation.")

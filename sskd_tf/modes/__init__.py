@@ -5,7 +5,7 @@ import importlib
 from sskd_tf.registry import Registry
 
 MODES = Registry("mode")
-for _name in ("train", "teacher", "summary", "compare", "tune"):
+for _name in ("train", "teacher", "summary", "compare", "tune", "export"):
     MODES.register(_name, f"sskd_tf.modes.{_name}")
 
 

@@ -1,8 +1,12 @@
 """`--mode=train`: distil the student from the teacher (training the teacher first
 when no --teacher_weights are given)."""
+from sskd_tf.modes.export import export
 from sskd_tf.modes.run_config import config_from_flags
 from sskd_tf.training.run import train
 
 
 def run(flag_values):
-    train(config_from_flags(flag_values))
+    config = config_from_flags(flag_values)
+    train(config)
+    if flag_values.export:
+        export(config.train_dir, flag_values)

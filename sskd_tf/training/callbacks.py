@@ -1,6 +1,8 @@
 """Keras callbacks of a run: checkpoints that a killed or interrupted run resumes
 from, the guard against non-finite steps, the per-epoch history and TensorBoard."""
+import ast
 import csv
+import glob
 import os
 import signal
 import threading
@@ -13,6 +15,7 @@ from absl import logging
 from sskd_tf.errors import TrainingDiverged
 
 HISTORY_FILE = "history.csv"
+SETTINGS_TAG = "run_settings"
 
 
 class RunCheckpoint(keras.callbacks.Callback):
@@ -137,8 +140,32 @@ class FlagsSummary(keras.callbacks.Callback):
         rows += [f"| {name} | {value} |" for name, value in sorted(self.settings.items())]
         writer = tf.summary.create_file_writer(self.log_dir)
         with writer.as_default():
-            tf.summary.text("run_settings", "\n".join(rows), step=0)
+            tf.summary.text(SETTINGS_TAG, "\n".join(rows), step=0)
         writer.close()
+
+
+def read_settings(train_dir):
+    """The settings FlagsSummary wrote in train_dir/logs (the latest, after a resume), as
+    {name: value}: Python literals parsed, anything else (paths, names) kept as a string;
+    None when the logs hold none."""
+    settings = None
+    for path in sorted(glob.glob(os.path.join(train_dir, "logs", "events.out.tfevents.*"))):
+        for record in tf.data.TFRecordDataset(path):
+            for value in tf.compat.v1.Event.FromString(record.numpy()).summary.value:
+                if value.tag == SETTINGS_TAG:
+                    settings = _parse_settings(tf.make_ndarray(value.tensor).item().decode())
+    return settings
+
+
+def _parse_settings(table):
+    settings = {}
+    for row in table.splitlines()[2:]:
+        name, value = (cell.strip() for cell in row.strip().strip("|").split("|", 1))
+        try:
+            settings[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            settings[name] = value
+    return settings
 
 
 def standard_callbacks(config, checkpoint):

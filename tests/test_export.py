@@ -1,0 +1,208 @@
+"""LiteRT export: a tiny resnet8 trained one epoch on a digits slice with --export; its
+three .tflite models checked against the Keras model by an input/output loop written
+here (not the exporter's), its report, --mode=export, and the one-line errors."""
+import copy
+import glob
+import json
+import os
+import pathlib
+import shutil
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from absl import flags as absl_flags
+
+import flags  # noqa: F401  (defines main.py's flags)
+from sskd_tf import data as datasets
+from sskd_tf import models, modes
+from sskd_tf.data.recipes import normalize
+from sskd_tf.errors import UserError
+from sskd_tf.export import ExportOptions, convert, export_run, report
+from sskd_tf.export.interpreter import load_interpreter
+
+from main_cli import main_error
+
+TAKE_TRAIN, TAKE_TEST = 128, 64
+RUN_FLAGS = ["--method=none", "--teacher=resnet8", "--student=resnet8", "--dataset=digits",
+             f"--take_train={TAKE_TRAIN}", f"--take_test={TAKE_TEST}", "--epochs=1",
+             "--batch_size=64"]
+REPORT_KEYS = {"format", "file", "size_bytes", "accuracy", "agreement",
+               "max_abs_logit_difference", "latency_ms"}
+
+
+def _flag_values(*argv):
+    flag_values = copy.deepcopy(absl_flags.FLAGS)
+    flag_values(["main.py", *argv])
+    return flag_values
+
+
+@pytest.fixture(scope="module")
+def exported_run(tmp_path_factory):
+    """A run trained and exported by `--mode=train --export`, as a user runs it."""
+    train_dir = str(tmp_path_factory.mktemp("run"))
+    flag_values = _flag_values("--mode=train", *RUN_FLAGS, f"--train_dir={train_dir}", "--export",
+                               "--representative_samples=32", "--latency_runs=3")
+    modes.run(flag_values.mode, flag_values)
+    with open(os.path.join(train_dir, "export", "report.json")) as handle:
+        return train_dir, json.load(handle)
+
+
+@pytest.fixture(scope="module")
+def validation(exported_run):
+    """The run's validation images (normalised) and labels, and the Keras logits."""
+    train_dir, _ = exported_run
+    _, _, images, labels = datasets.load_arrays("digits")
+    images = normalize(images[:TAKE_TEST]).numpy()
+    student = keras.saving.load_model(os.path.join(train_dir, "student.keras"), compile=False)
+    return images, labels[:TAKE_TEST], student(images, training=False)["logits"].numpy()
+
+
+def _tflite_logits(path, images):
+    """Logits of each image, one at a time, quantising the input and dequantising the
+    output of an integer model by the tensors' (scale, zero point)."""
+    interpreter = load_interpreter(pathlib.Path(path).read_bytes(), num_threads=1)
+    interpreter.allocate_tensors()
+    inputs, outputs = interpreter.get_input_details()[0], interpreter.get_output_details()[0]
+    logits = []
+    for image in images:
+        if inputs["dtype"] == np.int8:
+            scale, zero_point = inputs["quantization"]
+            image = np.clip(np.round(image / scale) + zero_point, -128, 127).astype(np.int8)
+        interpreter.set_tensor(inputs["index"], image[None])
+        interpreter.invoke()
+        output = interpreter.get_tensor(outputs["index"])[0]
+        if outputs["dtype"] == np.int8:
+            scale, zero_point = outputs["quantization"]
+            output = (output.astype(np.float32) - zero_point) * scale
+        logits.append(output)
+    return np.array(logits)
+
+
+def test_every_format_is_written_with_its_row_in_the_report(exported_run):
+    train_dir, payload = exported_run
+    assert [row["format"] for row in payload["rows"]] == ["keras", "float32", "float16", "int8"]
+    for row in payload["rows"]:
+        assert set(row) == REPORT_KEYS
+        assert row["size_bytes"] == os.path.getsize(os.path.join(train_dir, row["file"]))
+        assert 0.0 <= row["accuracy"] <= 1.0 and row["latency_ms"] > 0
+    sizes = {row["format"]: row["size_bytes"] for row in payload["rows"]}
+    assert sizes["float16"] < 0.55 * sizes["float32"] and sizes["int8"] < 0.3 * sizes["float32"]
+    assert payload["validation_images"] == TAKE_TEST and payload["representative_samples"] == 32
+    assert payload["cpu_count"] == os.cpu_count() and payload["interpreter_threads"] == 1
+    with open(os.path.join(train_dir, "export", "report.md")) as handle:
+        markdown = handle.read()
+    for row in payload["rows"]:
+        assert f"| {row['format']} | {row['file']} | {row['size_bytes'] / 1024:.1f} " in markdown
+    assert not glob.glob(os.path.join(train_dir, ".export-*"))
+
+
+def test_float32_logits_match_the_keras_model(exported_run, validation):
+    train_dir, payload = exported_run
+    images, labels, reference = validation
+    logits = _tflite_logits(os.path.join(train_dir, "export", "float32.tflite"), images)
+    np.testing.assert_allclose(logits, reference, rtol=0, atol=1e-4)
+    keras_row, float32_row = payload["rows"][:2]
+    assert keras_row["accuracy"] == pytest.approx(np.mean(reference.argmax(-1) == labels))
+    assert float32_row["agreement"] == 1.0
+
+
+def test_float16_logits_match_within_the_rounding_of_the_weights(exported_run, validation):
+    # float16 stores the (batch-norm folded) weights rounded to 11 significant bits, a
+    # relative error of at most 2**-11 ~ 4.9e-4 each, and computes in float32 on a CPU.
+    # Through resnet8's 8 weight layers these add up to ~8 * 4.9e-4 ~ 4e-3 of the logits'
+    # scale; the tolerance allows 2.5 times that.
+    train_dir, _ = exported_run
+    images, _, reference = validation
+    logits = _tflite_logits(os.path.join(train_dir, "export", "float16.tflite"), images)
+    np.testing.assert_allclose(logits, reference, rtol=0, atol=1e-2 * np.abs(reference).max())
+    assert np.abs(logits - reference).max() > 1e-6  # the weights really were rounded
+
+
+def test_int8_is_integer_only_and_agrees_with_keras_on_the_top1(exported_run, validation):
+    train_dir, payload = exported_run
+    images, _, reference = validation
+    path = os.path.join(train_dir, "export", "int8.tflite")
+    interpreter = load_interpreter(pathlib.Path(path).read_bytes(), num_threads=1)
+    assert interpreter.get_input_details()[0]["dtype"] == np.int8
+    assert interpreter.get_output_details()[0]["dtype"] == np.int8
+    agreement = np.mean(_tflite_logits(path, images).argmax(-1) == reference.argmax(-1))
+    assert agreement >= 0.9
+    assert payload["rows"][3]["agreement"] == pytest.approx(agreement)
+    float32, int8 = payload["rows"][1], payload["rows"][3]
+    assert payload["int8_accuracy_drop"] == pytest.approx(100 * (float32["accuracy"] - int8["accuracy"]))
+    assert payload["int8_accuracy_drop_exceeded"] == (payload["int8_accuracy_drop"] > 1.0)
+
+
+def test_an_int8_drop_beyond_the_threshold_is_flagged_in_the_report():
+    rows = [{"format": name, "file": f"{name}.tflite", "size_bytes": 1024, "accuracy": accuracy,
+             "agreement": 1.0, "max_abs_logit_difference": 0.0, "latency_ms": 1.0}
+            for name, accuracy in (("keras", 0.9), ("float32", 0.9), ("float16", 0.9),
+                                   ("int8", 0.87))]
+    strict = report.build("run", {"student": "resnet8", "method": "svd"}, {"dataset": "digits"},
+                          ExportOptions(int8_max_accuracy_drop=2.5), rows, 10, 5)
+    assert strict["int8_accuracy_drop"] == pytest.approx(3.0)
+    assert strict["int8_accuracy_drop_exceeded"] is True
+    assert "**WARNING: the int8 model's top-1 accuracy is 3.00 points below" in report.markdown(strict)
+    lenient = report.build("run", {}, {"dataset": "digits"},
+                           ExportOptions(int8_max_accuracy_drop=3.5), rows, 10, 5)
+    assert lenient["int8_accuracy_drop_exceeded"] is False
+    assert "WARNING" not in report.markdown(lenient)
+
+
+def test_export_mode_replaces_the_export_of_a_finished_run(exported_run):
+    train_dir, _ = exported_run
+    flag_values = _flag_values("--mode=export", f"--train_dir={train_dir}",
+                               "--representative_samples=16", "--latency_runs=2")
+    modes.run(flag_values.mode, flag_values)
+    with open(os.path.join(train_dir, "export", "report.json")) as handle:
+        payload = json.load(handle)
+    assert payload["representative_samples"] == 16 and payload["latency_runs"] == 2
+    assert len(payload["rows"]) == 4
+    assert not glob.glob(os.path.join(train_dir, ".export-*"))
+
+
+def test_a_student_of_another_family_converts_to_int8(tmp_path):
+    saved_model = str(tmp_path / "mobilenet")
+    models.logits_model(models.build_model("mobilenet_student", 10)).export(saved_model, verbose=False)
+    images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
+    path = tmp_path / "int8.tflite"
+    path.write_bytes(convert(saved_model, "int8", images))
+    assert _tflite_logits(str(path), images).shape == (4, 10)
+
+
+class _Singular(keras.layers.Layer):
+    def call(self, inputs):
+        return tf.linalg.svd(tf.reshape(inputs, (-1, 4, 8)), compute_uv=False)
+
+
+def test_an_op_the_converter_cannot_take_is_named_in_one_line(tmp_path):
+    inputs = keras.Input((32,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(_Singular(name="singular")(inputs)))
+    model.export(str(tmp_path), verbose=False)
+    with pytest.raises(UserError) as raised:
+        convert(str(tmp_path), "float32")
+    message = str(raised.value)
+    assert "op tf.Svd in layer" in message and "singular" in message and "\n" not in message
+
+
+def test_a_run_with_unreadable_results_is_one_user_error(tmp_path):
+    (tmp_path / "results.json").write_text("{not json")
+    with pytest.raises(UserError, match="damaged run"):
+        export_run(str(tmp_path), ExportOptions(verbose=0))
+
+
+def test_a_missing_run_dir_is_one_line(tmp_path):
+    line, _ = main_error("--mode=export", f"--train_dir={tmp_path / 'missing'}")
+    assert "no such directory" in line
+
+
+def test_a_corrupt_student_is_one_line(exported_run, tmp_path):
+    train_dir, _ = exported_run
+    damaged = str(tmp_path / "damaged")
+    shutil.copytree(train_dir, damaged, ignore=shutil.ignore_patterns("checkpoints", "export"))
+    with open(os.path.join(damaged, "student.keras"), "wb") as handle:
+        handle.write(b"not a keras file")
+    line, _ = main_error("--mode=export", f"--train_dir={damaged}")
+    assert "cannot read" in line and "student.keras" in line
