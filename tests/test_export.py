@@ -131,7 +131,8 @@ def test_int8_is_integer_only_and_agrees_with_keras_on_the_top1(exported_run, va
     assert agreement >= 0.9
     assert payload["rows"][3]["agreement"] == pytest.approx(agreement)
     float32, int8 = payload["rows"][1], payload["rows"][3]
-    assert payload["int8_accuracy_drop"] == pytest.approx(100 * (float32["accuracy"] - int8["accuracy"]))
+    drop = 100 * (float32["accuracy"] - int8["accuracy"])
+    assert payload["int8_accuracy_drop"] == pytest.approx(drop)
     assert payload["int8_accuracy_drop_exceeded"] == (payload["int8_accuracy_drop"] > 1.0)
 
 
@@ -144,7 +145,8 @@ def test_an_int8_drop_beyond_the_threshold_is_flagged_in_the_report():
                           ExportOptions(int8_max_accuracy_drop=2.5), rows, 10, 5)
     assert strict["int8_accuracy_drop"] == pytest.approx(3.0)
     assert strict["int8_accuracy_drop_exceeded"] is True
-    assert "**WARNING: the int8 model's top-1 accuracy is 3.00 points below" in report.markdown(strict)
+    warning = "**WARNING: the int8 model's top-1 accuracy is 3.00 points below"
+    assert warning in report.markdown(strict)
     lenient = report.build("run", {}, {"dataset": "digits"},
                            ExportOptions(int8_max_accuracy_drop=3.5), rows, 10, 5)
     assert lenient["int8_accuracy_drop_exceeded"] is False
@@ -165,7 +167,8 @@ def test_export_mode_replaces_the_export_of_a_finished_run(exported_run):
 
 def test_a_student_of_another_family_converts_to_int8(tmp_path):
     saved_model = str(tmp_path / "mobilenet")
-    models.logits_model(models.build_model("mobilenet_student", 10)).export(saved_model, verbose=False)
+    student = models.logits_model(models.build_model("mobilenet_student", 10))
+    student.export(saved_model, verbose=False)
     images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
     path = tmp_path / "int8.tflite"
     path.write_bytes(convert(saved_model, "int8", images))

@@ -30,6 +30,8 @@ def _int8(converter, representative_images):
     converter.inference_output_type = tf.int8
 
 
+OPS_PAGE = "https://ai.google.dev/edge/litert/models/ops_compatibility"
+
 # Each format's converter settings, in the order of the report.
 FORMATS = {"float32": _float32, "float16": _float16, "int8": _int8}
 
@@ -50,8 +52,7 @@ def convert(saved_model_dir, format_name, representative_images=None):
             raise
         raise UserError(f"the model cannot be converted to LiteRT {format_name}: "
                         f"{'; '.join(unsupported)} (not a LiteRT builtin op); replace it with "
-                        "supported ops, see https://ai.google.dev/edge/litert/models/ops_compatibility"
-                        ) from None
+                        f"supported ops, see {OPS_PAGE}") from None
 
 
 def _unsupported_ops(error):

@@ -57,6 +57,6 @@ def markdown(payload):
               f"| {row['max_abs_logit_difference']:.2g} | {row['latency_ms']:.3f} |"
               for row in payload["rows"]]
     verdict = ("more than" if payload["int8_accuracy_drop_exceeded"] else "within")
-    lines += ["", f"int8 accuracy drop against float32: {payload['int8_accuracy_drop']:.2f} points, "
-              f"{verdict} the allowed {payload['int8_max_accuracy_drop']:g}."]
+    lines += ["", f"int8 accuracy drop against float32: {payload['int8_accuracy_drop']:.2f} "
+              f"points, {verdict} the allowed {payload['int8_max_accuracy_drop']:g}."]
     return "\n".join(lines) + "\n"
