@@ -133,8 +133,9 @@ def test_step_time_takes_the_training_time_from_the_history(tmp_path):
 
 def test_the_best_of_the_mean_curve_is_reported_beside_the_mean_of_per_run_bests(tmp_path):
     curves = [[0.50, 0.80, 0.60], [0.60, 0.70, 0.75], [0.70, 0.60, 0.50]]
-    results = [{"val_accuracy": curve, "last_val_accuracy": curve[-1], "best_val_accuracy": max(curve),
-                "epochs": 3, "wall_time_s": 6.0, "teacher_val_accuracy": None} for curve in curves]
+    results = [{"val_accuracy": curve, "last_val_accuracy": curve[-1],
+                "best_val_accuracy": max(curve), "epochs": 3, "wall_time_s": 6.0,
+                "teacher_val_accuracy": None} for curve in curves]
     base = RunConfig(train_dir=str(tmp_path), **TINY)
     row = compare_mode.summary_row("none", [base] * 3, results)
     # Mean curve by hand: 1.80 / 3, 2.10 / 3, 1.85 / 3 -> best 0.70 at epoch 2.

@@ -281,8 +281,8 @@ def test_each_pass_of_the_stream_holds_every_example_once_and_keeps_the_last_par
 
 
 def test_the_stream_replays_its_seed_and_reshuffles_each_pass():
-    first_pass_0, first_pass_1 = (_batches(data.build_datasets("digits", seed=0, take_train=300)[0], 4)[i]
-                                  for i in (0, 3))
+    batches = _batches(data.build_datasets("digits", seed=0, take_train=300)[0], 4)
+    first_pass_0, first_pass_1 = batches[0], batches[3]
     assert first_pass_0[0].dtype == np.float32 and first_pass_0[0].shape == (128, 32, 32, 3)
     assert not np.array_equal(first_pass_0[1], first_pass_1[1])
     same = _batches(data.build_datasets("digits", seed=0, take_train=300)[0], 1)[0]

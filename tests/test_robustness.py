@@ -215,7 +215,8 @@ REPLAY_SCRIPT = textwrap.dedent("""
         progress = run_callbacks.saved_progress(interrupted)
         train(config(interrupted))
         expected, replayed = checkpoint_values(uninterrupted), checkpoint_values(interrupted)
-        students = [keras.models.load_model(d + "/student.keras").get_weights() for d in sys.argv[2:]]
+        students = [keras.models.load_model(os.path.join(d, "student.keras")).get_weights()
+                    for d in sys.argv[2:]]
         print(json.dumps({
             "progress_at_kill": progress,
             "names": sorted(expected) == sorted(replayed),

@@ -65,8 +65,8 @@ def training_stream(images, labels, batch_size, augment, seed, start_pass=0, ski
     images, labels = tf.constant(images), tf.constant(labels)
 
     def batch_indices(pass_index):
-        order = tf.random.experimental.stateless_shuffle(
-            tf.range(count, dtype=tf.int64), seed=tf.stack([tf.constant(shuffle_key, tf.int64), pass_index]))
+        pass_key = tf.stack([tf.constant(shuffle_key, tf.int64), pass_index])
+        order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), pass_key)
         first_step = tf.where(pass_index == start_pass, tf.constant(skip_steps, tf.int64), 0)
         return (tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate()
                 .skip(first_step)

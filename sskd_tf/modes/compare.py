@@ -260,8 +260,8 @@ def plot_val_accuracy(path, results):
         epochs = np.arange(1, curves.shape[1] + 1)
         mean = mean_curve(runs) * 100
         best = int(mean.argmax())
-        (line,) = axes.plot(epochs, mean, marker="o" if len(epochs) < 20 else None,
-                            label=f"{method} (best of mean curve {mean[best]:.2f}, epoch {best + 1})")
+        label = f"{method} (best of mean curve {mean[best]:.2f}, epoch {best + 1})"
+        (line,) = axes.plot(epochs, mean, marker="o" if len(epochs) < 20 else None, label=label)
         axes.plot(epochs[best], mean[best], marker="o", markersize=12, fillstyle="none",
                   color=line.get_color())
         if len(runs) > 1:
