@@ -69,12 +69,14 @@ def tuned_names(hp):
     return [item.name for item in hp.space if not isinstance(item, hp_types.Fixed)]
 
 
-def run_datasets(config):
-    """(train_ds, val_ds, info) of a run, as `training.run.train` builds them."""
+def run_datasets(config, start_pass=0):
+    """(train_ds, val_ds, info) of a run, as `training.run.train` builds them; the
+    training stream starts at pass `start_pass`."""
     return datasets.build_datasets(
         config.dataset, config.data_dir, batch_size=config.batch_size,
         eval_batch_size=RECIPES.get(config.recipe).eval_batch_size, recipe=config.recipe,
-        seed=config.seed, take_train=config.take_train, take_test=config.take_test)
+        seed=config.seed, take_train=config.take_train, take_test=config.take_test,
+        start_pass=start_pass)
 
 
 class DistillerHyperModel(kt.HyperModel):
@@ -96,14 +98,15 @@ class DistillerHyperModel(kt.HyperModel):
         method = build_method(self.config.method, **options)
         student = models.build_model(self.config.student, self.info.num_classes,
                                      weight_decay=self.config.weight_decay)
-        method.prepare(self.teacher, run_datasets(self.config)[0])
+        method.prepare(self.teacher, run_datasets(self.config)[0].take(self.steps_in_epoch))
         return build_distiller(self.config, method, self.teacher, student, self.steps_in_epoch)
 
     def fit(self, hp, model, epochs=1, initial_epoch=0, callbacks=(), **kwargs):
         """model.fit on fresh datasets for the method's init_epochs and then `epochs`,
         as a run counts them; a trial that diverges stops (and fails) as a run does.
         A trial that continues another (Hyperband) starts its step count where that
-        one stopped, for the learning rate and the clipping rule. A trial run again
+        one stopped, for the learning rate and the clipping rule, and its data stream at
+        the pass that one would have trained next. A trial run again
         after an interruption starts its TensorBoard curves over."""
         for callback in callbacks:
             if isinstance(callback, keras.callbacks.TensorBoard):
@@ -112,11 +115,11 @@ class DistillerHyperModel(kt.HyperModel):
         offset = model.method.init_epochs
         initial_epoch = initial_epoch + offset if initial_epoch else 0
         model.optimizer.iterations.assign(initial_epoch * self.steps_in_epoch)
-        train_ds, val_ds, _ = run_datasets(self.config)
+        train_ds, val_ds, _ = run_datasets(self.config, start_pass=initial_epoch)
         callbacks = list(callbacks) + [NonFiniteGuard(self.config.max_consecutive_skips)]
         return model.fit(train_ds, validation_data=val_ds, epochs=epochs + offset,
-                         initial_epoch=initial_epoch, callbacks=callbacks, shuffle=False,
-                         **kwargs)
+                         initial_epoch=initial_epoch, steps_per_epoch=self.steps_in_epoch,
+                         callbacks=callbacks, shuffle=False, **kwargs)
 
 
 def make_tuner(name, hypermodel, hyperparameters, max_trials, epochs, seed, tune_dir, strategy):

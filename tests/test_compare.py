@@ -131,6 +131,31 @@ def test_step_time_takes_the_training_time_from_the_history(tmp_path):
     assert compare_mode.step_time(config, results) == pytest.approx(3.0 / 2)
 
 
+def test_the_best_of_the_mean_curve_is_reported_beside_the_mean_of_per_run_bests(tmp_path):
+    curves = [[0.50, 0.80, 0.60], [0.60, 0.70, 0.75], [0.70, 0.60, 0.50]]
+    results = [{"val_accuracy": curve, "last_val_accuracy": curve[-1],
+                "best_val_accuracy": max(curve), "epochs": 3, "wall_time_s": 6.0,
+                "teacher_val_accuracy": None} for curve in curves]
+    base = RunConfig(train_dir=str(tmp_path), **TINY)
+    row = compare_mode.summary_row("none", [base] * 3, results)
+    # Mean curve by hand: 1.80 / 3, 2.10 / 3, 1.85 / 3 -> best 0.70 at epoch 2.
+    # Per-run bests 0.80, 0.75, 0.70 -> 0.75; lasts 0.60, 0.75, 0.50 -> 0.616...
+    assert row["mean_curve_best_val_accuracy"] == pytest.approx(0.70)
+    assert row["mean_curve_best_epoch"] == 2
+    assert row["best_val_accuracy_mean"] == pytest.approx(0.75)
+    assert row["last_val_accuracy_mean"] == pytest.approx(1.85 / 3)
+    compare_mode.write_outputs(str(tmp_path), base, [row], {"none": results}, {})
+    table = read_csv(str(tmp_path))[0]
+    assert float(table["mean_curve_best_val_accuracy"]) == pytest.approx(0.70)
+    assert table["mean_curve_best_epoch"] == "2"
+    with open(tmp_path / "results.md") as handle:
+        lines = handle.read().splitlines()
+    header = next(line for line in lines if line.startswith("| method |"))
+    assert "| mean of per-run bests | best of the mean curve (epoch) |" in header
+    assert next(line for line in lines if line.startswith("| none |")).startswith(
+        "| none | 3 | 3 | 61.67 ± 12.58 | 75.00 ± 5.00 | 70.00 (2) |")
+
+
 def test_self_distill_reports_every_exit(tmp_path):
     base = RunConfig(train_dir=str(tmp_path), **TINY)
     compare_mode.compare(base, ["self_distill"], seeds=1)

@@ -263,30 +263,44 @@ def test_eccv2018_keeps_shape_and_fills_with_zero():
     assert len(set(per_image_zero_counts)) > 1
 
 
-def _first_batch(dataset):
-    images, labels = next(iter(dataset))
-    return images.numpy(), labels.numpy()
+def _batches(dataset, count):
+    return [(images.numpy(), labels.numpy()) for images, labels in dataset.take(count)]
 
 
-def test_pipeline_counts_take_and_keeps_the_last_partial_batch():
+def test_each_pass_of_the_stream_holds_every_example_once_and_keeps_the_last_partial_batch():
     train_ds, val_ds, info = data.build_datasets(
         "digits", batch_size=128, eval_batch_size=200, take_train=300, take_test=250)
     assert info.num_train == 300 and info.num_test == 250 and info.num_classes == 10
-    assert [int(labels.shape[0]) for _, labels in train_ds] == [128, 128, 44]
+    batches = _batches(train_ds, 6)
+    assert [len(labels) for _, labels in batches] == [128, 128, 44] * 2
+    expected = np.sort(data.load_arrays("digits")[1][:300])
+    for first in (0, 3):
+        labels = np.concatenate([labels for _, labels in batches[first:first + 3]])
+        np.testing.assert_array_equal(np.sort(labels), expected)
     assert [int(labels.shape[0]) for _, labels in val_ds] == [200, 50]
 
 
-def test_pipeline_replays_its_seed_and_reshuffles_each_pass():
-    train_ds = data.build_datasets("digits", seed=0, take_train=300)[0]
-    first = _first_batch(train_ds)
-    assert first[0].dtype == np.float32 and first[0].shape == (128, 32, 32, 3)
-    assert not np.array_equal(first[1], _first_batch(train_ds)[1])
+def test_the_stream_replays_its_seed_and_reshuffles_each_pass():
+    batches = _batches(data.build_datasets("digits", seed=0, take_train=300)[0], 4)
+    first_pass_0, first_pass_1 = batches[0], batches[3]
+    assert first_pass_0[0].dtype == np.float32 and first_pass_0[0].shape == (128, 32, 32, 3)
+    assert not np.array_equal(first_pass_0[1], first_pass_1[1])
+    same = _batches(data.build_datasets("digits", seed=0, take_train=300)[0], 1)[0]
+    np.testing.assert_array_equal(first_pass_0[0], same[0])
+    np.testing.assert_array_equal(first_pass_0[1], same[1])
+    other = _batches(data.build_datasets("digits", seed=1, take_train=300)[0], 1)[0]
+    assert not np.array_equal(first_pass_0[1], other[1])
 
-    same = _first_batch(data.build_datasets("digits", seed=0, take_train=300)[0])
-    np.testing.assert_array_equal(first[0], same[0])
-    np.testing.assert_array_equal(first[1], same[1])
-    other = _first_batch(data.build_datasets("digits", seed=1, take_train=300)[0])
-    assert not np.array_equal(first[1], other[1])
+
+@pytest.mark.parametrize("recipe", ["kd_methods", "eccv2018"])
+def test_a_stream_started_mid_pass_is_the_tail_of_the_whole_stream(recipe):
+    """What a resumed run relies on: batch `step` of pass `p` depends on (seed, p, step) only."""
+    options = dict(batch_size=128, take_train=300, recipe=recipe, seed=5)
+    whole = _batches(data.build_datasets("digits", **options)[0], 9)
+    resumed = _batches(data.build_datasets("digits", start_pass=1, skip_steps=2, **options)[0], 4)
+    for (images, labels), (replayed_images, replayed_labels) in zip(whole[5:], resumed):
+        np.testing.assert_array_equal(replayed_images, images)
+        np.testing.assert_array_equal(replayed_labels, labels)
 
 
 def test_validation_batches_are_normalised_test_images_in_order():

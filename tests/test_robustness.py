@@ -167,6 +167,83 @@ def test_sigint_saves_a_checkpoint_mid_epoch_and_the_run_resumes_from_it(tmp_pat
     assert _optimizer_steps(train_dir) == STEPS_PER_EPOCH * EPOCHS
 
 
+REPLAY_SCRIPT = textwrap.dedent("""
+    import json, os, signal, sys
+    import keras, numpy as np, tensorflow as tf
+    from sskd_tf.training import callbacks as run_callbacks
+    from sskd_tf.training.run import RunConfig, train
+
+    # vgg_student: its dropout draws from a keras SeedGenerator, which must be replayed too.
+    def config(train_dir):
+        return RunConfig(teacher="resnet8", student="vgg_student", method="none", dataset="digits",
+                         batch_size=32, take_train=80, take_test=32, epochs=2, seed=3,
+                         deterministic=True, verbose=0, train_dir=train_dir)
+
+    class SignalSelf(keras.callbacks.Callback):
+        # Runs after RunCheckpoint: at the end of `epoch`'s batch `batch`, or of the epoch itself.
+        def __init__(self, signum, epoch, batch=None):
+            super().__init__()
+            self.signum, self.epoch, self.batch, self.current = signum, epoch, batch, None
+        def on_epoch_begin(self, epoch, logs=None):
+            self.current = epoch
+        def on_train_batch_end(self, batch, logs=None):
+            if (self.current, batch) == (self.epoch, self.batch):
+                os.kill(os.getpid(), self.signum)
+        def on_epoch_end(self, epoch, logs=None):
+            if self.batch is None and epoch == self.epoch:
+                os.kill(os.getpid(), self.signum)
+
+    standard = run_callbacks.standard_callbacks
+    def train_until(train_dir, signal_self):
+        run_callbacks.standard_callbacks = lambda *args: standard(*args) + [signal_self]
+        train(config(train_dir))
+
+    def checkpoint_values(train_dir):
+        reader = tf.train.load_checkpoint(os.path.join(train_dir, "checkpoints"))
+        return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
+                if not name.startswith(("wall_time", "save_counter", "_CHECKPOINTABLE"))}
+
+    uninterrupted, interrupted = sys.argv[2:]
+    if sys.argv[1] == "interrupt":
+        train(config(uninterrupted))
+        try:
+            train_until(interrupted, SignalSelf(signal.SIGINT, epoch=0, batch=0))
+        except KeyboardInterrupt:
+            print(json.dumps(run_callbacks.saved_progress(interrupted)), flush=True)
+        train_until(interrupted, SignalSelf(signal.SIGKILL, epoch=0))
+    else:
+        progress = run_callbacks.saved_progress(interrupted)
+        train(config(interrupted))
+        expected, replayed = checkpoint_values(uninterrupted), checkpoint_values(interrupted)
+        students = [keras.models.load_model(os.path.join(d, "student.keras")).get_weights()
+                    for d in sys.argv[2:]]
+        print(json.dumps({
+            "progress_at_kill": progress,
+            "names": sorted(expected) == sorted(replayed),
+            "differing": [n for n in expected if not np.array_equal(expected[n], replayed.get(n))],
+            "random_states": sum(n.startswith("random_states/") for n in expected),
+            "student_weights_equal": all(np.array_equal(a, b) for a, b in zip(*students)),
+        }))
+""")
+
+
+def test_a_run_interrupted_by_sigint_and_by_kill_replays_the_uninterrupted_run(tmp_path):
+    """--seed --deterministic: interrupted mid-epoch (SIGINT, resumed in the same process),
+    then killed (-9) after an epoch's checkpoint and resumed in a new one, a run ends with
+    every checkpointed variable bit-equal to the uninterrupted run's."""
+    dirs = [str(tmp_path / "uninterrupted"), str(tmp_path / "interrupted")]
+    killed = subprocess.run([sys.executable, "-c", REPLAY_SCRIPT, "interrupt", *dirs], cwd=REPO,
+                            env=ENV, capture_output=True, text=True, timeout=900)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert json.loads(killed.stdout.splitlines()[-1]) == [0, 2]
+    resumed = subprocess.run([sys.executable, "-c", REPLAY_SCRIPT, "resume", *dirs], cwd=REPO,
+                             env=ENV, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    report = json.loads(resumed.stdout.splitlines()[-1])
+    assert report == {"progress_at_kill": [1, 0], "names": True, "differing": [],
+                      "random_states": 1, "student_weights_equal": True}
+
+
 DETERMINISM_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np

@@ -16,13 +16,43 @@ from sskd_tf.errors import TrainingDiverged
 
 HISTORY_FILE = "history.csv"
 SETTINGS_TAG = "run_settings"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def _unreadable(path, error):
+    return ValueError(
+        f"cannot resume from {path} ({type(error).__name__}: {str(error).splitlines()[0]}); "
+        "delete its checkpoints/ or pass --overwrite")
+
+
+def saved_progress(train_dir):
+    """(finished epochs, steps done in the next) of the latest checkpoint in train_dir,
+    read without building the run; (0, 0) when there is none."""
+    latest = tf.train.latest_checkpoint(os.path.join(train_dir, CHECKPOINT_DIR))
+    if not latest:
+        return 0, 0
+    try:
+        reader = tf.train.load_checkpoint(latest)
+        return tuple(int(reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE"))
+                     for name in ("epoch", "epoch_steps"))
+    except (tf.errors.OpError, ValueError) as error:
+        raise _unreadable(latest, error) from None
+
+
+def random_states(model):
+    """The states of the model's random-number generators (keras SeedGenerators, e.g. of
+    Dropout): the variables that Keras lists in `variables` beside the `weights`."""
+    weights = {id(weight) for weight in model.weights}
+    return [variable for variable in model.variables if id(variable) not in weights]
 
 
 class RunCheckpoint(keras.callbacks.Callback):
-    """Saves student, method layers, optimizer (with its step count), the finished
-    epochs and the steps done in an unfinished one, with tf.train.CheckpointManager:
-    at every epoch end, and after the current step when SIGINT arrives (then it
-    raises KeyboardInterrupt). A second SIGINT interrupts at once."""
+    """Saves student, method layers, optimizer (with its step count), the student's and
+    method's random-generator states, the finished epochs and the steps done in an
+    unfinished one, with tf.train.CheckpointManager: at every epoch end, and after the
+    current step when SIGINT arrives (then it raises KeyboardInterrupt). A second SIGINT
+    interrupts at once. Together with the data stream, keyed by (seed, pass, step), a run
+    resumed from any of these checkpoints replays the uninterrupted one."""
 
     def __init__(self, train_dir, distiller, max_to_keep=2):
         super().__init__()
@@ -31,9 +61,10 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.wall_time = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.checkpoint = tf.train.Checkpoint(
             student=distiller.student, method=distiller.method, optimizer=distiller.optimizer,
+            random_states=random_states(distiller.student) + random_states(distiller.method),
             epoch=self.epoch, epoch_steps=self.epoch_steps, wall_time=self.wall_time)
         self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(train_dir, "checkpoints"), max_to_keep=max_to_keep)
+            self.checkpoint, os.path.join(train_dir, CHECKPOINT_DIR), max_to_keep=max_to_keep)
         self.step_offset = 0
         self._steps = 0
         self._interrupted = False
@@ -48,9 +79,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         try:
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError, IndexError) as error:
-            raise ValueError(
-                f"cannot resume from {self.manager.latest_checkpoint} ({type(error).__name__}: "
-                f"{str(error).splitlines()[0]}); delete its checkpoints/ or pass --overwrite") from None
+            raise _unreadable(self.manager.latest_checkpoint, error) from None
         return int(self.epoch.numpy()), int(self.epoch_steps.numpy()), float(self.wall_time.numpy())
 
     def _on_sigint(self, signum, frame):

@@ -230,10 +230,14 @@ def train(config):
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(config.strategy)
+    # The stream starts where the checkpoint stopped, so that a resumed run trains on the
+    # batches an uninterrupted one would have.
+    start_pass, skip_steps = run_callbacks.saved_progress(config.train_dir)
     train_ds, val_ds, info = datasets.build_datasets(
         config.dataset, config.data_dir, batch_size=config.batch_size,
         eval_batch_size=RECIPES.get(config.recipe).eval_batch_size, recipe=config.recipe,
-        seed=config.seed, take_train=config.take_train, take_test=config.take_test)
+        seed=config.seed, take_train=config.take_train, take_test=config.take_test,
+        start_pass=start_pass, skip_steps=skip_steps)
     steps_in_epoch = steps_per_epoch(config.batch_size, info.num_train)
     needs_teacher = METHODS.get(config.method).needs_teacher
     weights_path = teacher_weights_path(config) if needs_teacher else None
@@ -246,7 +250,7 @@ def train(config):
         teacher, teacher_accuracy = (load_teacher(config, info.num_classes, weights_path, val_ds)
                                      if needs_teacher else (None, None))
         student = models.build_model(config.student, info.num_classes, weight_decay=config.weight_decay)
-        method.prepare(teacher, train_ds)
+        method.prepare(teacher, train_ds.take(steps_in_epoch))
         distiller = build_distiller(config, method, teacher, student, steps_in_epoch)
     total_epochs = config.epochs + method.init_epochs
     checkpoint = run_callbacks.RunCheckpoint(config.train_dir, distiller)
@@ -255,11 +259,16 @@ def train(config):
         _log(config, f"Resuming {config.train_dir} at epoch {epochs_done + 1}, step {steps_done}")
     callbacks = run_callbacks.standard_callbacks(config, checkpoint)
     fit = dict(validation_data=val_ds, epochs=total_epochs, callbacks=callbacks,
-               verbose=config.verbose, shuffle=False)
+               verbose=config.verbose, shuffle=False, steps_per_epoch=steps_in_epoch)
     if steps_done and epochs_done < total_epochs:
+        # The rest of the interrupted epoch, then the stream past it (skipping those batches
+        # prepares them again: at most one pass of the input pipeline, which runs far ahead
+        # of training).
+        remaining = steps_in_epoch - steps_done
         checkpoint.step_offset = steps_done
-        distiller.fit(train_ds.take(steps_in_epoch - steps_done),
-                      **dict(fit, epochs=epochs_done + 1, initial_epoch=epochs_done))
+        distiller.fit(train_ds, **dict(fit, epochs=epochs_done + 1, initial_epoch=epochs_done,
+                                       steps_per_epoch=remaining))
+        train_ds = train_ds.skip(remaining)
         epochs_done += 1
     if epochs_done < total_epochs:
         distiller.fit(train_ds, initial_epoch=epochs_done, **fit)
