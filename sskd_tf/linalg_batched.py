@@ -59,22 +59,19 @@ def _round_robin(p):
     return rounds
 
 
-def _rotation_bases(p, dtype):
-    """For each round: (flat indices of a_pp, a_qq, a_pq) and the constant tensors that
-    place c and s into a p x p rotation."""
-    bases = []
-    for pairs in _round_robin(p):
-        a = np.array([min(i, j) for i, j in pairs])
-        b = np.array([max(i, j) for i, j in pairs])
-        diagonal = np.zeros((len(pairs), p, p))
-        off = np.zeros((len(pairs), p, p))
-        for k, (i, j) in enumerate(zip(a, b)):
-            diagonal[k, i, i] = diagonal[k, j, j] = 1.0
-            off[k, i, j], off[k, j, i] = 1.0, -1.0
-        bases.append((a * p + a, b * p + b, a * p + b,
-                      tf.constant(diagonal.reshape(len(pairs), p * p), dtype),
-                      tf.constant(off.reshape(len(pairs), p * p), dtype)))
-    return bases
+def _rotation_tables(p, dtype):
+    """Per round (stacked on axis 0): flat indices of a_pp, a_qq and a_pq of its p/2
+    pairs, and the constants that place c and s into a p x p rotation."""
+    rounds = _round_robin(p)
+    indices = np.zeros((len(rounds), 3, p // 2), np.int32)
+    diagonal = np.zeros((len(rounds), p // 2, p * p))
+    off = np.zeros((len(rounds), p // 2, p * p))
+    for r, pairs in enumerate(rounds):
+        for k, (i, j) in enumerate(sorted((min(i, j), max(i, j)) for i, j in pairs)):
+            indices[r, :, k] = (i * p + i, j * p + j, i * p + j)
+            diagonal[r, k, i * p + i] = diagonal[r, k, j * p + j] = 1.0
+            off[r, k, i * p + j], off[r, k, j * p + i] = 1.0, -1.0
+    return tf.constant(indices), tf.constant(diagonal, dtype), tf.constant(off, dtype)
 
 
 def jacobi_eigh(h, tol=None):
@@ -92,7 +89,8 @@ def jacobi_eigh(h, tol=None):
     size = h.shape[-1]
     eps = float(np.finfo(dtype.as_numpy_dtype).eps)
     tol = 4.0 * eps if tol is None else tol
-    bases = _rotation_bases(size, dtype)
+    indices, diagonal, off = _rotation_tables(size, dtype)
+    rounds = size - 1
     batch = tf.shape(h)[0]
     eye = tf.eye(size, batch_shape=[batch], dtype=dtype)
     scale = tf.norm(h, axis=[-2, -1]) + float(np.finfo(dtype.as_numpy_dtype).tiny)
@@ -100,30 +98,30 @@ def jacobi_eigh(h, tol=None):
     def off_norm(a):
         return tf.norm(a - tf.linalg.diag(tf.linalg.diag_part(a)), axis=[-2, -1])
 
-    def not_done(sweep, a, z):
-        return tf.logical_and(sweep < _MAX_SWEEPS, tf.reduce_any(off_norm(a) > tol * scale))
+    def not_done(step, a, z):
+        return tf.logical_or(step % rounds != 0, tf.reduce_any(off_norm(a) > tol * scale))
 
-    def sweep_once(sweep, a, z):
-        for pp, qq, pq, diagonal, off in bases:
-            flat = tf.reshape(a, [batch, size * size])
-            a_pp, a_qq, a_pq = (tf.gather(flat, i, axis=1) for i in (pp, qq, pq))
-            gap = a_qq - a_pp
-            sign = tf.where(gap < 0, -tf.ones_like(gap), tf.ones_like(gap))
-            t = tf.math.divide_no_nan(2.0 * a_pq * sign,
-                                      tf.abs(gap) + tf.sqrt(tf.square(gap) + 4.0 * tf.square(a_pq)))
-            c = tf.math.rsqrt(1.0 + tf.square(t))
-            rotation = eye + tf.reshape(tf.matmul(c - 1.0, diagonal) + tf.matmul(t * c, off),
-                                        [batch, size, size])
-            a = _sym(tf.matmul(_matmul_t(rotation, a), rotation))
-            z = tf.matmul(z, rotation)
-        return sweep + 1, a, z
+    def rotate(step, a, z):
+        round_ = step % rounds
+        flat = tf.reshape(a, [batch, size * size])
+        a_pp, a_qq, a_pq = (tf.gather(flat, indices[round_, i], axis=1) for i in range(3))
+        gap = a_qq - a_pp
+        sign = tf.where(gap < 0, -tf.ones_like(gap), tf.ones_like(gap))
+        t = tf.math.divide_no_nan(2.0 * a_pq * sign,
+                                  tf.abs(gap) + tf.sqrt(tf.square(gap) + 4.0 * tf.square(a_pq)))
+        c = tf.math.rsqrt(1.0 + tf.square(t))
+        rotation = eye + tf.reshape(
+            tf.matmul(c - 1.0, diagonal[round_]) + tf.matmul(t * c, off[round_]),
+            [batch, size, size])
+        a = _sym(tf.matmul(_matmul_t(rotation, a), rotation))
+        return step + 1, a, tf.matmul(z, rotation)
 
-    _, a, z = tf.while_loop(not_done, sweep_once, (tf.constant(0), h, eye),
-                            maximum_iterations=_MAX_SWEEPS)
+    _, a, z = tf.while_loop(not_done, rotate, (tf.constant(0), h, eye),
+                            maximum_iterations=_MAX_SWEEPS * rounds)
     values = tf.linalg.diag_part(a)
     if size != p:
+        # The padded index never mixes (its row and column stay zero): dropping it is exact.
         values, z = values[:, :p], z[:, :p, :p]
-        # The padded index never mixes (its row and column stay zero), so dropping it is exact.
     order = tf.argsort(values, axis=-1, direction="DESCENDING", stable=True)
     return tf.gather(values, order, batch_dims=1), tf.gather(z, order, axis=2, batch_dims=1)
 
@@ -318,6 +316,7 @@ def _exact_decomposition(x, r, tall):
     return s, u, v
 
 
+@tf.autograph.experimental.do_not_convert
 def batched_svd(x, gradient="original", components=None):
     """The leading `components` singular triplets of x [B, M, N] (all min(M, N) when None)
     by batched dense operations only, returning (s [B, r], u [B, M, r], v [B, N, r]) equal
