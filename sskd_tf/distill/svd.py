@@ -426,12 +426,19 @@ class KDSVD(DistillationMethod):
         """XLA lowers `tf.linalg.svd` to a one-sided Jacobi SVD: on a 2-core CPU the
         first compiled step had not finished after 4 minutes even at batch 8
         (docs/benchmarks.md). KD-EID's own route and the "gram" backend use eigh, the
-        "batched" backend dense operations only."""
-        if self.variant == "eid" or self.backend in ("gram", "batched"):
-            return ""
-        return (f"{self.name}: --svd_backend={self.backend} runs tf.linalg.svd, which XLA "
-                "compiles to a slow Jacobi SVD (minutes per step on CPU); with --jit prefer "
-                "--svd_backend=gram (docs/benchmarks.md)")
+        "batched" backend dense operations only. On an accelerator, placing the
+        decompositions on the host CPU (the default) takes them out of the compiled
+        step."""
+        if self.variant != "eid" and self.backend not in ("gram", "batched"):
+            return (f"{self.name}: --svd_backend={self.backend} runs tf.linalg.svd, which XLA "
+                    "compiles to a slow Jacobi SVD (minutes per step on CPU); with --jit "
+                    "prefer --svd_backend=gram or batched (docs/benchmarks.md)")
+        if self.decomposition_device != "accelerator" and (
+                tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")):
+            return (f"{self.name}: --decomposition_device={self.decomposition_device} runs the "
+                    "decompositions on the host CPU, outside the compiled step; with --jit "
+                    "use --decomposition_device=accelerator (docs/benchmarks.md)")
+        return ""
 
     @classmethod
     def search_space(cls, hp):
