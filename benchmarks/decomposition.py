@@ -2,7 +2,8 @@
 (batch 128: [128, 1024, 64], [128, 256, 128], [128, 64, 256]), for `tf.linalg.svd`
 (`linalg.svd`), KD-EID's Gram route (`linalg.eid`) and the "gram" backend
 (`linalg.gram_svd`; also in float64 throughout, to price the precision, and compiled
-by XLA), each with the authors' original gradient; and the error of the kept
+by XLA) and the "batched" backend (`linalg_batched.batched_svd`, its first 4
+components, eager graph and XLA), each with the authors' original gradient; and the error of the kept
 components against a float64 `tf.linalg.svd`, up to the sign of each column.
 `tf.linalg.svd` under XLA is left out: on this CPU its first call on the first tap
 had not finished after 15 minutes (docs/benchmarks.md).
@@ -10,7 +11,7 @@ had not finished after 15 minutes (docs/benchmarks.md).
 import numpy as np
 import tensorflow as tf
 
-from sskd_tf import linalg
+from sskd_tf import linalg, linalg_batched
 
 TAP_MATRICES = ((1024, 64), (256, 128), (64, 256))
 KEPT = 4
@@ -20,6 +21,10 @@ def _gram_float64(x, gradient):
     return tuple(tf.cast(t, x.dtype) for t in linalg.gram_svd(tf.cast(x, tf.float64), gradient))
 
 
+def _batched(x, gradient):
+    return linalg_batched.batched_svd(x, gradient, KEPT)
+
+
 # name: (decomposition, compiled by XLA)
 ROUTES = {
     "tf.linalg.svd": (linalg.svd, False),
@@ -27,6 +32,8 @@ ROUTES = {
     "gram": (linalg.gram_svd, False),
     "gram, float64": (_gram_float64, False),
     "gram, XLA": (linalg.gram_svd, True),
+    "batched": (_batched, False),
+    "batched, XLA": (_batched, True),
 }
 
 
@@ -50,7 +57,7 @@ def forward_backward(route, x, jit=False):
         with tf.GradientTape() as tape:
             tape.watch(x)
             _, _, v = route(x, "original")
-            loss = tf.reduce_sum(weights_v * v)
+            loss = tf.reduce_sum(weights_v[:, :, :v.shape[-1]] * v)
         return tape.gradient(loss, x)
 
     return lambda: run(x).numpy()

@@ -34,7 +34,7 @@ def parse_args(argv=None):
     parser.add_argument("--methods", default="",
                         help="comma-separated methods to time in part `steps` (default: all); "
                              "rows (a) and (b) always run")
-    parser.add_argument("--backends", default="svd,gram,hybrid",
+    parser.add_argument("--backends", default="svd,gram,hybrid,batched",
                         help="KD-SVD family backends to time in part `steps`")
     parser.add_argument("--no_jit", action="store_true", help="skip the XLA rows of part `steps`")
     parser.add_argument("--memory_steps", type=int, default=3)

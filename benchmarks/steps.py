@@ -52,7 +52,12 @@ class StepCase:
     jit: bool = False
 
 
-def default_cases(backends=("svd", "gram", "hybrid"), jit_cases=True):
+# The faithful backend with its decompositions requested on the host CPU (the authors'
+# placement; on a CPU-only machine the step is there already, so it prices the request).
+PINNED = "svd [svd], decomposition_device=cpu"
+
+
+def default_cases(backends=("svd", "gram", "hybrid", "batched"), jit_cases=True):
     """Rows (a), (b), every registered method (the KD-SVD family once per backend),
     the sum-rule diagnostic (its difference from the clipped step does not depend on
     the backend: timed with "gram") and the XLA rows when `jit_cases`."""
@@ -66,10 +71,15 @@ def default_cases(backends=("svd", "gram", "hybrid"), jit_cases=True):
             cases.append(StepCase(name, name))
     cases += [StepCase(f"{SUM_RULE} [{b}]", "svd_sum", (("backend", b),))
               for b in backends if b == "gram"]
+    if "svd" in backends:
+        cases.append(StepCase(PINNED, "svd", (("decomposition_device", "cpu"),)))
     if jit_cases:
         cases += [StepCase(f"{STUDENT_ONLY}, jit", "none", jit=True),
                   StepCase(f"{WITH_TEACHER}, jit", "teacher_forward", jit=True),
                   StepCase("svd [gram], jit", "svd", (("backend", "gram"),), jit=True)]
+        if "batched" in backends:
+            cases.append(StepCase("svd [batched], jit", "svd", (("backend", "batched"),),
+                                  jit=True))
     return cases
 
 

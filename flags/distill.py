@@ -7,7 +7,9 @@ from sskd_tf.distill.names import METHOD_NAMES, SVD_GRADIENTS
 
 # sskd_tf.distill.svd.BACKENDS, spelled out here to keep TensorFlow out of flag
 # parsing (a test checks the two agree).
-SVD_BACKENDS = ("svd", "gram", "hybrid")
+SVD_BACKENDS = ("svd", "gram", "hybrid", "batched")
+# sskd_tf.distill.svd.DECOMPOSITION_DEVICES, likewise.
+DECOMPOSITION_DEVICES = ("auto", "cpu", "accelerator")
 
 flags.DEFINE_enum("method", "svd", METHOD_NAMES,
                   "Distillation method; none trains the student alone.")
@@ -19,7 +21,12 @@ flags.DEFINE_enum("svd_backend", "svd", SVD_BACKENDS,
                   "(tf.linalg.svd, faithful), gram (eigh of the smaller Gram matrix: fastest, "
                   "its own sign rule, so another loss where tf.linalg.svd's teacher signs "
                   "differ) or hybrid (tf.linalg.svd only where signs matter: the loss of "
-                  "svd, faster). See docs/benchmarks.md.")
+                  "svd, faster) or batched (dense batched operations only, no Svd/Eigh op: "
+                  "the GPU route, best with --jit; gram's signs). See docs/benchmarks.md.")
+flags.DEFINE_enum("decomposition_device", "auto", DECOMPOSITION_DEVICES,
+                  "KD-SVD / KD-EID: where the decompositions run. auto (faithful: the host "
+                  "CPU whenever the step runs on a GPU/TPU, as the authors), cpu, or "
+                  "accelerator (with the step; use with --svd_backend=batched or gram and --jit).")
 flags.DEFINE_bool("project_student", False,
                   "KD-SVD: map student taps of another width to the teacher's with a learned "
                   "1x1 conv + BN (as the authors' TF2 rewrite).")

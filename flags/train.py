@@ -25,6 +25,10 @@ flags.DEFINE_enum("strategy", "default", STRATEGIES,
                   "multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.")
 flags.DEFINE_bool("jit", False, "XLA-compile the train step (jit_compile). Which methods "
                   "compile, and whether it pays on CPU: docs/benchmarks.md.")
+flags.DEFINE_enum("mixed_precision", "none", ("none", "mixed_bfloat16", "mixed_float16"),
+                  "Keras dtype policy of the student and the teacher (float32 variables); "
+                  "losses and decompositions stay float32; mixed_float16 adds dynamic loss "
+                  "scaling, removed before the clip rule.")
 flags.DEFINE_bool("deterministic", False,
                   "TensorFlow op determinism: with --seed, two runs give identical weights.")
 flags.DEFINE_integer("max_consecutive_skips", 20,

@@ -321,6 +321,12 @@ def gram_svd(x, gradient="original"):
     return _decompose_with_gradient(x, _gram_eigh_decomposition, original_tall)
 
 
+def in_square_band(x):
+    """True for the maps [B, M, N] that KD-EID decomposes by a plain SVD: 2/3 < M/N < 3/2."""
+    m, n = x.shape[-2], x.shape[-1]
+    return 2.0 / 3.0 < m / n < 3.0 / 2.0
+
+
 def eid(x, gradient="original", backend="svd"):
     """The KD-EID decomposition of x [B, M, N] (spec section 2), returning (s, u, v).
 
@@ -336,8 +342,7 @@ def eid(x, gradient="original", backend="svd"):
     _check_matrices(x)
     check_backend(backend)
     plain = svd if backend == "svd" else gram_svd
-    m, n = x.shape[-2], x.shape[-1]
-    if 2.0 / 3.0 < m / n < 3.0 / 2.0:
+    if in_square_band(x):
         if gradient == "original":
             return plain(tf.stop_gradient(x), gradient)
         return plain(x, gradient)

@@ -47,6 +47,7 @@ SETTINGS_FILE = "search.json"
 UNCHECKED_SETTINGS = ("train_dir", "data_dir", "strategy", "jit", "deterministic", "overwrite",
                       "verbose")
 FLAG_OF_OPTION = {"gradient": "svd_gradient", "backend": "svd_backend",
+                  "decomposition_device": "decomposition_device",
                   "project_student": "project_student"}
 
 

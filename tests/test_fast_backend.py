@@ -237,7 +237,7 @@ def test_methods_take_the_backend(name):
 
 
 def test_unknown_backend_is_a_clear_error():
-    message = "unknown SVD backend 'lapack'; choose one of: svd, gram, hybrid"
+    message = "unknown SVD backend 'lapack'; choose one of: svd, gram, hybrid, batched"
     with pytest.raises(ValueError, match=message):
         build_method("svd", backend="lapack")
     maps = [tf.zeros((1, 2, 2, 2))] * 2

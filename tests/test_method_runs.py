@@ -68,3 +68,13 @@ def test_main_py_distils_with_svd(teacher_weights, tmp_path):
     with open(os.path.join(os.path.dirname(teacher_weights), "results.json")) as handle:
         teacher = json.load(handle)
     assert results["teacher_val_accuracy"] == pytest.approx(teacher["last_val_accuracy"])
+
+
+def test_svd_trains_with_the_gpu_options(teacher_weights, tmp_path):
+    """--svd_backend=batched with the decompositions requested on the CPU and a
+    mixed_bfloat16 student and teacher: one epoch of the digits run, finite."""
+    train(RunConfig(method="svd", method_options={"backend": "batched",
+                                                  "decomposition_device": "cpu"},
+                    mixed_precision="mixed_bfloat16", teacher_weights=teacher_weights,
+                    train_dir=str(tmp_path), **TINY))
+    check_run(str(tmp_path), epochs=1)

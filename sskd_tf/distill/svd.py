@@ -29,11 +29,13 @@ import math
 import keras
 import tensorflow as tf
 
-from sskd_tf import linalg
+from sskd_tf import linalg, linalg_batched
 from sskd_tf.distill.base import METHODS, DistillationMethod
 
 VARIANTS = ("svd", "eid", "eccv")
-BACKENDS = ("svd", "gram", "hybrid")
+# Where the decompositions run (see `decomposition_device`).
+DECOMPOSITION_DEVICES = ("auto", "cpu", "accelerator")
+BACKENDS = ("svd", "gram", "hybrid", "batched")
 RBF_WIDTH = 8.0
 
 
@@ -231,10 +233,13 @@ def check_backend(backend):
         raise ValueError(f"unknown SVD backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
 
 
-def _decomposition(variant, gradient, backend):
-    """x -> (s, u, v) of a variant with a `linalg.BACKENDS` backend: KD-EID's own
-    route for "eid", else the plain SVD. Looked up at call time (tests replace
-    linalg functions)."""
+def _decomposition(variant, gradient, backend, components):
+    """x -> (s, u, v) of a variant with a `linalg.BACKENDS` backend or "batched": KD-EID's
+    own route for "eid", else the plain SVD. "batched" computes only the first
+    `components`. Looked up at call time (tests replace linalg functions)."""
+    if backend == "batched":
+        route = linalg_batched.batched_eid if variant == "eid" else linalg_batched.batched_svd
+        return lambda x: route(x, gradient, components)
     if variant == "eid":
         return lambda x: linalg.eid(x, gradient, backend)
     if backend == "gram":
@@ -242,19 +247,69 @@ def _decomposition(variant, gradient, backend):
     return lambda x: linalg.svd(x, gradient)
 
 
-def _decompositions(variant, gradient, backend):
-    """(student, teacher) decompositions of a variant with a BACKENDS backend."""
+def _decompositions(variant, gradient, backend, components):
+    """(student, teacher) decompositions of a variant with a BACKENDS backend;
+    `components`: (student, teacher) numbers of components the loss keeps."""
+    student_components, teacher_components = components
     if backend != "hybrid":
-        decompose = _decomposition(variant, gradient, backend)
-        return decompose, decompose
-    faithful = _decomposition(variant, gradient, "svd")
-    fast = _decomposition(variant, gradient, "gram")
+        return (_decomposition(variant, gradient, backend, student_components),
+                _decomposition(variant, gradient, backend, teacher_components))
+    faithful = _decomposition(variant, gradient, "svd", None)
+    fast = _decomposition(variant, gradient, "gram", None)
     return (faithful, fast) if variant == "eccv" else (fast, faithful)
+
+
+def _placed_decompositions(variant, gradient, backend, components, device):
+    return [_placed(decompose, device)
+            for decompose in _decompositions(variant, gradient, backend, components)]
+
+
+def _step_device():
+    """The device the current step runs on: the requested device of an op created here
+    (a replica's device under MirroredStrategy, or a `tf.device` scope), else the device
+    TensorFlow prefers by default (the first accelerator, if any)."""
+    requested = tf.constant(0.0).device
+    if requested:
+        return tf.DeviceSpec.from_string(requested)
+    for kind in ("TPU", "GPU"):
+        if tf.config.list_logical_devices(kind):
+            return tf.DeviceSpec(device_type=kind, device_index=0)
+    return tf.DeviceSpec(device_type="CPU", device_index=0)
+
+
+def decomposition_device(choice):
+    """Device string for the decompositions of the step being traced, or None (where the
+    step runs). "cpu": the host CPU of the step's device (same job and task);
+    "accelerator": no placement; "auto": the authors' choice (KD_methods_with_TF
+    `nets/SVP.py` wraps every decomposition in `tf.device('CPU')`), which is "cpu"
+    when the step runs on a GPU or TPU and None otherwise. On a GPU this also keeps
+    Eigen's SVD (the faithful teacher signs) instead of cuSOLVER's."""
+    if choice not in DECOMPOSITION_DEVICES:
+        raise ValueError(f"unknown decomposition device {choice!r}; choose one of: "
+                         f"{', '.join(DECOMPOSITION_DEVICES)}")
+    if choice == "accelerator":
+        return None
+    step = _step_device()
+    if choice == "auto" and step.device_type not in ("GPU", "TPU"):
+        return None
+    return step.replace(device_type="CPU", device_index=0).to_string()
+
+
+def _placed(decompose, device):
+    """`decompose` with its forward operations requested on `device` (None: unchanged)."""
+    if device is None:
+        return decompose
+
+    def run(x):
+        with tf.device(device):
+            return decompose(x)
+
+    return run
 
 
 def svd_kd_loss(student_feats, teacher_feats, variant="svd", gradient="original", *,
                 backend="svd", teacher_components=1, student_extra_components=3,
-                rbf_width=RBF_WIDTH):
+                rbf_width=RBF_WIDTH, device=None):
     """KD-SVD distillation loss between paired lists of [B, H, W, D] feature maps.
 
     variant: "svd" (refined KD-SVD, default), "eid" (KD-EID) or "eccv" (2018 release).
@@ -265,6 +320,7 @@ def svd_kd_loss(student_feats, teacher_feats, variant="svd", gradient="original"
     teacher_components (K), student_extra_components and rbf_width are the
     refined code's 1, 3 and 8; for "eccv", teacher_components is num_DFV and
     student_extra_components is unused.
+    device: where the decompositions run (None: with the rest; see `decomposition_device`).
     Gradients reach the student maps only. Returns a scalar: the sum over taps,
     with no mean and no weight factor, as the original.
     """
@@ -277,11 +333,16 @@ def svd_kd_loss(student_feats, teacher_feats, variant="svd", gradient="original"
     teacher_feats = [tf.stop_gradient(t) for t in teacher_feats]
     if variant == "eccv":
         eccv_gradient = "eccv" if gradient == "original" else gradient
+        kept = (teacher_components + 1,) * 2
         return _eccv_loss(student_feats, teacher_feats,
-                          *_decompositions(variant, eccv_gradient, backend), teacher_components,
+                          *_placed_decompositions(variant, eccv_gradient, backend, kept, device),
+                          teacher_components,
                           rbf_width, finite_gradient=gradient != "original")
     return _refined_loss(
-        student_feats, teacher_feats, *_decompositions(variant, gradient, backend),
+        student_feats, teacher_feats,
+        *_placed_decompositions(variant, gradient, backend,
+                                (teacher_components + student_extra_components,
+                                 teacher_components), device),
         teacher_components, student_extra_components, rbf_width,
     )
 
@@ -293,8 +354,12 @@ class KDSVD(DistillationMethod):
     project_student: when a student tap is narrower or wider than the teacher's,
     map it to the teacher's width with a learned 1x1 conv + BN first (as the
     authors' TF2 rewrite does); spatial sizes must still match.
-    backend: the decomposition, "svd" (faithful), "gram" or "hybrid" (see the module
-    docstring).
+    backend: the decomposition, "svd" (faithful), "gram", "hybrid" or "batched" (see the
+    module docstring).
+    decomposition_device: "auto" (faithful: the host CPU when the step runs on an
+    accelerator), "cpu" or "accelerator" (see `decomposition_device`).
+    Feature maps are cast to float32 first: under a mixed-precision policy the
+    decompositions and the loss stay in float32.
     """
 
     variant = "svd"
@@ -303,9 +368,13 @@ class KDSVD(DistillationMethod):
 
     def __init__(self, gradient="original", weight=1.0, teacher_components=1,
                  student_extra_components=3, rbf_width=RBF_WIDTH, project_student=False,
-                 backend="svd", **kwargs):
+                 backend="svd", decomposition_device="auto", **kwargs):
         super().__init__(**kwargs)
         check_backend(backend)
+        if decomposition_device not in DECOMPOSITION_DEVICES:
+            raise ValueError(f"{self.name}: decomposition_device={decomposition_device!r}; "
+                             f"choose one of: {', '.join(DECOMPOSITION_DEVICES)}")
+        self.decomposition_device = decomposition_device
         limits = {"teacher_components": (teacher_components, 1), "rbf_width": (rbf_width, 1e-12),
                   "student_extra_components": (student_extra_components, 0), "weight": (weight, 0)}
         for option, (value, lowest) in limits.items():
@@ -341,24 +410,35 @@ class KDSVD(DistillationMethod):
     def call(self, student_out, teacher_out, labels, training=False):
         del labels
         student_feats = [
-            feats if projection is None else projection(feats, training=training)
+            tf.cast(feats if projection is None else projection(feats, training=training),
+                    tf.float32)
             for projection, feats in zip(self.projections, student_out["features"])
         ]
+        teacher_feats = [tf.cast(feats, tf.float32) for feats in teacher_out["features"]]
         loss = svd_kd_loss(
-            student_feats, teacher_out["features"], self.variant, self.gradient,
+            student_feats, teacher_feats, self.variant, self.gradient,
             backend=self.backend, teacher_components=self.teacher_components,
-            student_extra_components=self.student_extra_components, rbf_width=self.rbf_width)
+            student_extra_components=self.student_extra_components, rbf_width=self.rbf_width,
+            device=decomposition_device(self.decomposition_device))
         return {self.name: self.weight * loss}
 
     def jit_advice(self):
         """XLA lowers `tf.linalg.svd` to a one-sided Jacobi SVD: on a 2-core CPU the
         first compiled step had not finished after 4 minutes even at batch 8
-        (docs/benchmarks.md). KD-EID's own route and the "gram" backend use eigh."""
-        if self.variant == "eid" or self.backend == "gram":
-            return ""
-        return (f"{self.name}: --svd_backend={self.backend} runs tf.linalg.svd, which XLA "
-                "compiles to a slow Jacobi SVD (minutes per step on CPU); with --jit prefer "
-                "--svd_backend=gram (docs/benchmarks.md)")
+        (docs/benchmarks.md). KD-EID's own route and the "gram" backend use eigh, the
+        "batched" backend dense operations only. On an accelerator, placing the
+        decompositions on the host CPU (the default) takes them out of the compiled
+        step."""
+        if self.variant != "eid" and self.backend not in ("gram", "batched"):
+            return (f"{self.name}: --svd_backend={self.backend} runs tf.linalg.svd, which XLA "
+                    "compiles to a slow Jacobi SVD (minutes per step on CPU); with --jit "
+                    "prefer --svd_backend=gram or batched (docs/benchmarks.md)")
+        if self.decomposition_device != "accelerator" and (
+                tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")):
+            return (f"{self.name}: --decomposition_device={self.decomposition_device} runs the "
+                    "decompositions on the host CPU, outside the compiled step; with --jit "
+                    "use --decomposition_device=accelerator (docs/benchmarks.md)")
+        return ""
 
     @classmethod
     def search_space(cls, hp):

@@ -8,7 +8,8 @@ SVD_METHODS = ("svd", "eid", "svd_eccv")
 _SAME_NAME_FIELDS = (
     "teacher", "dataset", "data_dir", "recipe", "epochs", "batch_size", "learning_rate",
     "lr_decay_rate", "weight_decay", "train_dir", "teacher_weights", "seed", "strategy", "jit",
-    "deterministic", "max_consecutive_skips", "overwrite", "take_train", "take_test",
+    "mixed_precision", "deterministic", "max_consecutive_skips", "overwrite", "take_train",
+    "take_test",
 )
 
 
@@ -18,6 +19,7 @@ def method_options(flag_values, method):
     if method in SVD_METHODS:
         options.setdefault("gradient", flag_values.svd_gradient)
         options.setdefault("backend", flag_values.svd_backend)
+        options.setdefault("decomposition_device", flag_values.decomposition_device)
         options.setdefault("project_student", flag_values.project_student)
     return options
 

@@ -7,6 +7,7 @@ multi-task update of KD_methods_with_TF `op_util.py` (spec section 5).
 import keras
 import tensorflow as tf
 
+from sskd_tf.training.precision import needs_loss_scale
 from sskd_tf.training.schedule import clip_sigmoid, epoch_of_step
 
 
@@ -90,6 +91,16 @@ class Distiller(keras.Model):
         self.consecutive_skips = keras.Variable(
             0, dtype="int32", trainable=False, aggregation="only_first_replica",
             name="consecutive_skips")
+        self.loss_scale = None
+        if needs_loss_scale(student):
+            # Dynamic loss scaling, as keras.optimizers.LossScaleOptimizer (initial 2^15,
+            # halved on a non-finite step, doubled after 2000 finite ones), kept here so
+            # that the scale is removed before the clip rule and any optimizer works.
+            self.loss_scale = keras.Variable(2.0 ** 15, dtype="float32", trainable=False,
+                                             aggregation="only_first_replica", name="loss_scale")
+            self.finite_in_a_row = keras.Variable(0, dtype="int32", trainable=False,
+                                                  aggregation="only_first_replica",
+                                                  name="finite_in_a_row")
 
     @property
     def metrics(self):
@@ -120,8 +131,11 @@ class Distiller(keras.Model):
         replicas reproduces the single-device step: batch means are divided by the
         number of replicas, batch sums (method.reduction == "sum") are not."""
         replicas = self._replicas()
-        student_out = self.student(images, training=True)
-        teacher_out = self.teacher(images, training=False) if self.method.needs_teacher else None
+        # Under a mixed-precision policy the networks' outputs are float16/bfloat16: the
+        # losses (and KD-SVD's decompositions) are computed in float32.
+        student_out = _as_float32(self.student(images, training=True))
+        teacher_out = (_as_float32(self.teacher(images, training=False))
+                       if self.method.needs_teacher else None)
         batch = tf.cast(tf.shape(labels)[0], tf.float32)
         ce = self.cross_entropy(labels, student_out["logits"]) / (batch * replicas)
         ce = self.method.ce_weight * ce
@@ -150,15 +164,21 @@ class Distiller(keras.Model):
             selected.append(tf.where(in_init, init, task))
         return selected
 
-    def _gradients(self, tape, losses, variables, epoch):
+    def _gradients(self, tape, losses, variables, epoch, scale=None):
         """Combined gradients and clip ratio. Separate backward passes are needed
-        only when the rule treats the distillation gradient apart from the others."""
+        only when the rule treats the distillation gradient apart from the others.
+        `scale`: the loss scale the losses carry, removed from each gradient first."""
         ce, wd, kd, total = losses
+
+        def gradient(loss):
+            grads = tape.gradient(loss, variables)
+            return grads if scale is None else [None if g is None else g / scale for g in grads]
+
         if self.method.gradient_rule == "sum" and not self.method.init_epochs:
-            return tape.gradient(total, variables), tf.constant(1.0)
-        ce_grads = tape.gradient(ce, variables)
-        wd_grads = tape.gradient(wd, variables)
-        kd_grads = tape.gradient(kd, variables)
+            return gradient(total), tf.constant(1.0)
+        ce_grads = gradient(ce)
+        wd_grads = gradient(wd)
+        kd_grads = gradient(kd)
         kd_scale, threshold_scale = clip_scales(epoch, self.clip_rule, self.method.clip_scale)
         grads, clip_ratio = combine_gradients(
             ce_grads, wd_grads, kd_grads, self.method.gradient_rule, kd_scale, threshold_scale)
@@ -208,15 +228,30 @@ class Distiller(keras.Model):
             student_out, ce, wd, terms = self._forward_losses(images, labels)
             kd = tf.add_n(list(terms.values())) if terms else tf.constant(0.0)
             total = ce + wd + kd
-        grads, clip_ratio = self._gradients(tape, (ce, wd, kd, total), variables, epoch)
+            losses = (ce, wd, kd, total)
+            if self.loss_scale is not None:
+                losses = tuple(loss * self.loss_scale for loss in losses)
+        grads, clip_ratio = self._gradients(tape, losses, variables, epoch, self.loss_scale)
         del tape
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
         finite = self._all_replicas_finite([total] + [g for g, _ in pairs])
         self._apply_if(finite, pairs)
+        self._update_loss_scale(finite)
         self.consecutive_skips.assign(tf.where(finite, 0, self.consecutive_skips + 1))
         self.trackers["skipped_steps"].update_state(1.0 - tf.cast(finite, tf.float32))
         self._update_metrics(labels, student_out["logits"], ce, wd, terms, clip_ratio, finite)
         return {m.name: m.result() for m in self.metrics}
+
+    def _update_loss_scale(self, finite):
+        """Halve the loss scale after a non-finite step (not below 1); double it after
+        2000 finite steps in a row."""
+        if self.loss_scale is None:
+            return
+        grown = self.finite_in_a_row + 1 >= 2000
+        self.loss_scale.assign(tf.where(
+            finite, tf.where(grown, 2.0 * self.loss_scale, self.loss_scale),
+            tf.maximum(self.loss_scale / 2.0, 1.0)))
+        self.finite_in_a_row.assign(tf.where(finite & ~grown, self.finite_in_a_row + 1, 0))
 
     def _update_metrics(self, labels, logits, ce, wd, terms, clip_ratio, finite):
         """Report global-batch values of the finite steps: the Mean metrics average
@@ -248,3 +283,9 @@ class Distiller(keras.Model):
         self.trackers["loss"].update_state(ce)
         self.trackers["accuracy"].update_state(labels, logits)
         return {"loss": self.trackers["loss"].result(), "accuracy": self.trackers["accuracy"].result()}
+
+
+def _as_float32(outputs):
+    """Every floating tensor of a network's outputs cast to float32."""
+    return tf.nest.map_structure(
+        lambda t: tf.cast(t, tf.float32) if t.dtype.is_floating else t, outputs)

@@ -29,6 +29,7 @@ from sskd_tf.training import files
 from sskd_tf.training.distiller import Distiller
 from sskd_tf.training.recipes import RECIPES
 from sskd_tf.training.schedule import learning_rate_schedule, steps_per_epoch
+from sskd_tf.training import precision
 from sskd_tf.training.strategy import make_strategy
 
 RESULTS_FILE = "results.json"
@@ -57,6 +58,7 @@ class RunConfig:
     seed: int = 0
     strategy: str = "default"
     jit: bool = False
+    mixed_precision: str = "none"
     deterministic: bool = False
     max_consecutive_skips: int = 20
     overwrite: bool = False
@@ -247,9 +249,11 @@ def train(config):
         jit_advice = method.jit_advice() if config.jit else ""
         if jit_advice:
             _log(config, f"Note: {jit_advice}")
-        teacher, teacher_accuracy = (load_teacher(config, info.num_classes, weights_path, val_ds)
-                                     if needs_teacher else (None, None))
-        student = models.build_model(config.student, info.num_classes, weight_decay=config.weight_decay)
+        with precision.dtype_policy(config.mixed_precision):
+            teacher, teacher_accuracy = (load_teacher(config, info.num_classes, weights_path, val_ds)
+                                         if needs_teacher else (None, None))
+            student = models.build_model(config.student, info.num_classes,
+                                         weight_decay=config.weight_decay)
         method.prepare(teacher, train_ds.take(steps_in_epoch))
         distiller = build_distiller(config, method, teacher, student, steps_in_epoch)
     total_epochs = config.epochs + method.init_epochs
