@@ -29,7 +29,7 @@ def find_layer(model, name, role="model"):
     raise UserError(f"the {role} {model.name!r} has no layer {name!r}; {hint}")
 
 
-def tap_model(model, layer_names=(), role="model"):
+def tap_model(model, layer_names=(), role="model", name=None):
     """A model from `model`'s inputs to {"logits": its output, "features": [the outputs
     of `layer_names`, in order]}, sharing `model`'s layers. A model that already
     returns that dict keeps its logits and its own features, the named layers'
@@ -52,7 +52,7 @@ def tap_model(model, layer_names=(), role="model"):
                                for name in layer_names]
     inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
     return keras.Model(inputs, {"logits": logits, "features": features},
-                       name=f"{model.name}_taps")
+                       name=name or f"{model.name}_taps")
 
 
 def _single_output(layer, role):

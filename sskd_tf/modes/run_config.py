@@ -27,6 +27,8 @@ def config_from_flags(flag_values, **overrides):
     fields = {name: getattr(flag_values, name) for name in _SAME_NAME_FIELDS}
     fields.update(
         student=flag_values.student or None,
+        teacher_taps=tuple(flag_values.teacher_taps),
+        student_taps=tuple(flag_values.student_taps),
         method=flag_values.method,
         method_options=method_options(flag_values, flag_values.method),
         lr_decay_points=decay_points(flag_values.lr_decay_points),

@@ -41,6 +41,8 @@ class RunConfig:
 
     teacher: str = "resnet32"
     student: str = None
+    teacher_taps: tuple = ()
+    student_taps: tuple = ()
     method: str = "svd"
     method_options: dict = dataclasses.field(default_factory=dict)
     dataset: str = datasets.DEFAULT_DATASET
@@ -153,10 +155,13 @@ def _check_cached_teacher(config, results_path):
 
 
 def teacher_weights_path(config):
-    """--teacher_weights, or the teacher trained by the same recipe in
-    train_dir/teacher/ (trained now unless an earlier run finished it there)."""
+    """--teacher_weights, None for a teacher read from a .keras file (it holds its
+    weights), or the teacher trained by the same recipe in train_dir/teacher/
+    (trained now unless an earlier run finished it there)."""
     if config.teacher_weights:
         return config.teacher_weights
+    if config.teacher.endswith(".keras"):
+        return None
     teacher_dir = os.path.join(config.train_dir, "teacher")
     results_path = os.path.join(teacher_dir, RESULTS_FILE)
     if os.path.exists(results_path):
@@ -164,18 +169,28 @@ def teacher_weights_path(config):
         _log(config, f"Reusing the teacher trained in {teacher_dir}")
     else:
         _log(config, f"Training the teacher {config.teacher} first, in {teacher_dir}")
-        train(dataclasses.replace(config, method="none", student=config.teacher, method_options={},
+        train(dataclasses.replace(config, method="none", student=config.teacher,
+                                  student_taps=config.teacher_taps, method_options={},
                                   train_dir=teacher_dir, overwrite=False, teacher_weights=None))
     return os.path.join(teacher_dir, "student.keras")
 
 
-def load_teacher(config, num_classes, weights_path, val_ds):
+def load_teacher(config, num_classes, weights_path, val_ds, image_shape=(32, 32, 3)):
     """The frozen teacher with its weights, and its validation accuracy."""
-    teacher = models.build_model(config.teacher, num_classes)
-    load_teacher_weights(teacher, weights_path)
+    teacher = models.build_model(config.teacher, num_classes, image_shape,
+                                 taps=config.teacher_taps, role="teacher")
+    if weights_path:
+        load_teacher_weights(teacher, weights_path)
     accuracy = evaluate_accuracy(teacher, val_ds)
     _log(config, f"Teacher {config.teacher}: validation accuracy {accuracy:.4f}")
     return teacher, accuracy
+
+
+def build_student(config, info):
+    """The student network of `config` for the data described by `info`."""
+    return models.build_model(config.student, info.num_classes, info.image_shape,
+                              weight_decay=config.weight_decay, taps=config.student_taps,
+                              role="student")
 
 
 def _check_run_dir(config):
@@ -243,9 +258,10 @@ def train(config):
         jit_advice = method.jit_advice() if config.jit else ""
         if jit_advice:
             _log(config, f"Note: {jit_advice}")
-        teacher, teacher_accuracy = (load_teacher(config, info.num_classes, weights_path, val_ds)
+        teacher, teacher_accuracy = (load_teacher(config, info.num_classes, weights_path, val_ds,
+                                                  info.image_shape)
                                      if needs_teacher else (None, None))
-        student = models.build_model(config.student, info.num_classes, weight_decay=config.weight_decay)
+        student = build_student(config, info)
         method.prepare(teacher, train_ds)
         distiller = build_distiller(config, method, teacher, student, steps_in_epoch)
     total_epochs = config.epochs + method.init_epochs
