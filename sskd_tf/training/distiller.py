@@ -2,7 +2,7 @@
 
 Compiled and fitted like any Keras model (so callbacks, keras-tuner and
 distribution strategies work unchanged); its `train_step` reproduces the
-multi-task update of KD_methods_with_TF `op_util.py` (spec section 5).
+multi-task update of KD_methods_with_TF `op_util.py` (docs/method.md section 5).
 """
 import keras
 import tensorflow as tf
@@ -77,7 +77,7 @@ def combine_gradients(ce_grads, wd_grads, kd_grads, rule, kd_scale=1.0, threshol
     """Per-variable combination of the task, weight-decay and distillation gradients.
 
     rule "sum": g = g_ce + g_wd + g_kd.
-    rule "clip" (spec section 5): g = g_ce + g_wd
+    rule "clip" (docs/method.md section 5): g = g_ce + g_wd
     + clip_by_norm(kd_scale * g_kd, threshold_scale * ||g_ce||).
     A variable the distillation loss does not reach gets g_ce + g_wd.
     Returns the gradients and the fraction of the (scaled) distillation
