@@ -27,13 +27,12 @@ import tensorflow as tf
 from keras_tuner.engine import hyperparameters as hp_types
 from tensorboard.plugins.hparams import api as hparams_api
 
-from sskd_tf import data as datasets
 from sskd_tf.distill import METHODS, build_method
 from sskd_tf.errors import SearchFailed
 from sskd_tf.training import files
 from sskd_tf.training.callbacks import NonFiniteGuard
-from sskd_tf.training.recipes import RECIPES
-from sskd_tf.training.run import build_distiller, build_student, load_teacher, teacher_weights_path
+from sskd_tf.training.run import (build_distiller, build_student, load_teacher, run_datasets,
+                                  teacher_weights_path)
 from sskd_tf.training.schedule import steps_per_epoch
 from sskd_tf.training.strategy import make_strategy
 
@@ -66,14 +65,6 @@ def search_space(config):
 def tuned_names(hp):
     """Names of the hyperparameters that are searched (not fixed)."""
     return [item.name for item in hp.space if not isinstance(item, hp_types.Fixed)]
-
-
-def run_datasets(config):
-    """(train_ds, val_ds, info) of a run, as `training.run.train` builds them."""
-    return datasets.build_datasets(
-        config.dataset, config.data_dir, batch_size=config.batch_size,
-        eval_batch_size=RECIPES.get(config.recipe).eval_batch_size, recipe=config.recipe,
-        seed=config.seed, take_train=config.take_train, take_test=config.take_test)
 
 
 class DistillerHyperModel(kt.HyperModel):

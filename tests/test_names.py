@@ -53,6 +53,7 @@ def test_dataset_and_recipe_names_are_the_registries():
     from sskd_tf.data.recipes import AUGMENTATIONS
     from sskd_tf.training.recipes import RECIPES
     assert data.DATASETS.names() == sorted(data_names.DATASET_NAMES)
+    assert data.DATASET_KINDS.names() == sorted(data_names.DATASET_KINDS)
     assert AUGMENTATIONS.names() == sorted(data_names.RECIPES) == RECIPES.names()
 
 

@@ -6,7 +6,7 @@ from sskd_tf.training.run import RunConfig
 SVD_METHODS = ("svd", "eid", "svd_eccv")
 # RunConfig fields that take the flag of the same name as it is.
 _SAME_NAME_FIELDS = (
-    "teacher", "dataset", "data_dir", "recipe", "epochs", "batch_size", "learning_rate",
+    "teacher", "dataset", "data_dir", "image_size", "validation_split", "recipe", "epochs", "batch_size", "learning_rate",
     "lr_decay_rate", "weight_decay", "train_dir", "teacher_weights", "seed", "strategy", "jit",
     "deterministic", "max_consecutive_skips", "overwrite", "take_train", "take_test",
 )

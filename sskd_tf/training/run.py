@@ -47,6 +47,9 @@ class RunConfig:
     method_options: dict = dataclasses.field(default_factory=dict)
     dataset: str = datasets.DEFAULT_DATASET
     data_dir: str = None
+    image_size: int = None
+    validation_split: float = 0.2
+    download: bool = True
     recipe: str = "kd_methods"
     epochs: int = None
     batch_size: int = None
@@ -186,6 +189,16 @@ def load_teacher(config, num_classes, weights_path, val_ds, image_shape=(32, 32,
     return teacher, accuracy
 
 
+def run_datasets(config):
+    """(train_ds, val_ds, info) of a run."""
+    return datasets.build_datasets(
+        config.dataset, config.data_dir, batch_size=config.batch_size,
+        eval_batch_size=RECIPES.get(config.recipe).eval_batch_size, recipe=config.recipe,
+        seed=config.seed, take_train=config.take_train, take_test=config.take_test,
+        image_size=config.image_size, download=config.download,
+        validation_split=config.validation_split)
+
+
 def build_student(config, info):
     """The student network of `config` for the data described by `info`."""
     return models.build_model(config.student, info.num_classes, info.image_shape,
@@ -245,10 +258,7 @@ def train(config):
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(config.strategy)
-    train_ds, val_ds, info = datasets.build_datasets(
-        config.dataset, config.data_dir, batch_size=config.batch_size,
-        eval_batch_size=RECIPES.get(config.recipe).eval_batch_size, recipe=config.recipe,
-        seed=config.seed, take_train=config.take_train, take_test=config.take_test)
+    train_ds, val_ds, info = run_datasets(config)
     steps_in_epoch = steps_per_epoch(config.batch_size, info.num_train)
     needs_teacher = METHODS.get(config.method).needs_teacher
     weights_path = teacher_weights_path(config) if needs_teacher else None
