@@ -87,16 +87,16 @@ def eccv2018_augment(images, seed):
     """SSKD_SVD `preprocessing/cifar100_preprocessing.py` (`train.py` asks for 'cifar100').
 
     Random flip, random rotation in [-15, 15) degrees (nearest), zero-pad 4, random 32x32
-    crop, all drawn per image (padding in proportion at other sizes). As in the original, rotation and padding act on normalised
-    images, so their filled pixels are 0 after normalisation (the mean colour), not black.
+    crop, all drawn per image (padding in proportion at other sizes). As in the original,
+    rotation and padding act on normalised images, so their filled pixels are 0 after normalisation (the mean colour), not black.
     """
     flip_seed, angle_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     batch = tf.shape(images)[0]
+    pad = padding(images)  # before the rotation, whose output has no static size
     images = random_flip_left_right(images, flip_seed)
     max_angle = math.radians(MAX_ROTATION_DEGREES)
     images = rotate(images, tf.random.stateless_uniform(
         [batch], angle_seed, minval=-max_angle, maxval=max_angle))
-    pad = padding(images)
     padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
     offsets = tf.random.stateless_uniform([batch, 2], crop_seed, maxval=2 * pad + 1,
                                           dtype=tf.int32)
