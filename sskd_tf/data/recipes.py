@@ -88,7 +88,8 @@ def eccv2018_augment(images, seed):
 
     Random flip, random rotation in [-15, 15) degrees (nearest), zero-pad 4, random 32x32
     crop, all drawn per image (padding in proportion at other sizes). As in the original,
-    rotation and padding act on normalised images, so their filled pixels are 0 after normalisation (the mean colour), not black.
+    rotation and padding act on normalised images, so their filled pixels are 0 after
+    normalisation (the mean colour), not black.
     """
     flip_seed, angle_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     batch = tf.shape(images)[0]
