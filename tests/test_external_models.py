@@ -80,3 +80,15 @@ def test_a_keras_file_for_other_data_is_refused(model_files):
         models.build_model(model_files[0], 3, (32, 32, 3), taps=["block1"])
     with pytest.raises(UserError, match=r"takes \(32, 32, 3\) inputs but the data are \(64, 64, 3\)"):
         models.build_model(model_files[0], 10, (64, 64, 3), taps=["block1"])
+
+
+def test_imagenet_weights_that_cannot_be_fetched_are_one_line(monkeypatch):
+    def offline(**kwargs):
+        if kwargs.get("weights") == "imagenet":
+            raise OSError("URL fetch failure: no network")
+        raise AssertionError(f"asked for {kwargs}")
+
+    monkeypatch.setattr(keras.applications, "MobileNetV2", offline)
+    with pytest.raises(UserError, match=r"could not fetch the imagenet weights \(OSError: URL fetch "
+                                        r"failure: no network\); use keras:MobileNetV2"):
+        models.build_model("keras:MobileNetV2:imagenet", 10, (32, 32, 3))

@@ -148,7 +148,7 @@ def _check_cached_teacher(config, results_path):
     with open(results_path) as handle:
         cached = json.load(handle)
     wanted = {"student": config.teacher, "dataset": config.dataset, "recipe": config.recipe,
-              "epochs": config.epochs}
+              "epochs": config.epochs, "image_size": config.image_size}
     differences = [f"{name} {cached.get(name)!r} (asked: {value!r})"
                    for name, value in wanted.items() if cached.get(name) != value]
     if differences:
@@ -239,6 +239,7 @@ def _results(config, history_rows, wall_time, teacher_accuracy, total_epochs):
         "teacher": config.teacher if METHODS.get(config.method).needs_teacher else None,
         "student": config.student,
         "dataset": config.dataset,
+        "image_size": config.image_size,
         "recipe": config.recipe,
         "seed": config.seed,
         "epochs": total_epochs,
