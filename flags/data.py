@@ -3,12 +3,24 @@ import os
 
 from absl import flags
 
-from sskd_tf.data.names import DATASET_NAMES, DEFAULT_DATASET
+from sskd_tf.data.names import DATASET_KINDS, DATASET_NAMES, DEFAULT_DATASET, is_dataset_name
 
-flags.DEFINE_enum("dataset", DEFAULT_DATASET, DATASET_NAMES,
-                  "cifar100 / cifar10: from --data_dir, else from a prepared TFDS copy or the "
-                  "Keras cache (nothing is downloaded); digits: 8x8 handwritten digits bundled "
-                  "with the repo, for offline runs.")
+flags.DEFINE_string("dataset", DEFAULT_DATASET,
+                    "cifar100 / cifar10: from --data_dir, else from a prepared TFDS copy or the "
+                    "Keras cache (nothing is downloaded); digits: 8x8 handwritten digits bundled "
+                    "with the repo, for offline runs; tfds:<name>: a TFDS image classification "
+                    "dataset (its TFDS data dir: --data_dir); folder:<dir>: one subfolder of "
+                    "images per class (train/ and test/ subfolders, else --validation_split).")
+flags.register_validator(
+    "dataset", is_dataset_name,
+    message=f"choose one of: {', '.join(DATASET_NAMES)}, "
+            f"or {', '.join(kind + ':<...>' for kind in DATASET_KINDS)}")
+flags.DEFINE_integer("image_size", None,
+                     "Resize the images to this size x this size (default: the dataset's own; "
+                     "required for TFDS datasets of varying image sizes).", lower_bound=1)
+flags.DEFINE_float("validation_split", 0.2,
+                   "Fraction of a folder: or tfds: dataset held out for validation when it "
+                   "has no test split.", lower_bound=0.0, upper_bound=1.0)
 flags.DEFINE_string("data_dir", None,
                     "Where the CIFAR data is: a TFDS data dir holding the prepared dataset, the "
                     "python archive (cifar-100-python.tar.gz, cifar-10-python.tar.gz), its "

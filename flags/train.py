@@ -1,5 +1,5 @@
 """Training flags: recipe, optimisation, run directory, scale. Numbers left
-unset take the recipe's value (spec section 5)."""
+unset take the recipe's value (docs/method.md section 5)."""
 from absl import flags
 
 from sskd_tf.training.recipes import RECIPES

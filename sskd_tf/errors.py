@@ -13,3 +13,8 @@ class TrainingDiverged(RuntimeError):
 
 class SearchFailed(RuntimeError):
     """No trial of a hyperparameter search completed."""
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for; its message is one line saying what was
+    wrong and what is allowed (main.py prints it and exits with status 2)."""

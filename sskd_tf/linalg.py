@@ -3,7 +3,7 @@
 A feature map [B, H, W, D] is read as a batch of matrices X [B, M, N] with
 M = H*W and N = D. Every decomposition here returns `(s, u, v)` with
 s [B, k], u [B, M, k], v [B, N, k], k = min(M, N), singular values descending,
-and attaches one of three backward formulas (spec sections 3 and 4):
+and attaches one of three backward formulas (docs/method.md sections 3 and 4):
 
 - "original": the authors' hand-written gradient (KD_methods_with_TF
   `nets/SVP.py`). Faithful default. It ignores ds; the tall branch (N <= M)
@@ -20,7 +20,7 @@ and attaches one of three backward formulas (spec sections 3 and 4):
 
 Two backends compute the factors (`BACKENDS`):
 
-- "svd": `tf.linalg.svd` (KD-EID: its own Gram route, spec section 2). Faithful.
+- "svd": `tf.linalg.svd` (KD-EID: its own Gram route, docs/method.md section 2). Faithful.
 - "gram": `gram_svd`, the eigendecomposition of the Gram matrix of the smaller
   side, several times faster on CPU. Its signs follow `column_signs`, not
   `tf.linalg.svd`'s (which has no rule: see `gram_svd`).
@@ -52,7 +52,7 @@ def _zeros_if_none(grad, like):
 
 
 def _original_gradient(s, u, v, ds, du, dv):
-    """dL/dX by the authors' formula (spec section 3); ds is ignored.
+    """dL/dX by the authors' formula (docs/method.md section 3); ds is ignored.
 
     K[i, j] = 1/(s_i^2 - s_j^2) off the diagonal, sym(A) = A + A^T.
     Tall (N <= M): dX = 2 U S sym(K^T o (V^T dV)) V^T (dU ignored).
@@ -147,7 +147,7 @@ def _zero_nonfinite_samples(x):
 
 
 def _eccv_gradient(s, u, v, ds, du, dv):
-    """dL/dX by the 2018 release's formula (spec section 4); ds and dU are ignored.
+    """dL/dX by the 2018 release's formula (docs/method.md section 4); ds and dU are ignored.
 
     Only the first min(5, k) components take part; sym(A) = (A + A^T)/2.
     The K matrix is always zero (see the module docstring), so tall maps get
@@ -229,7 +229,7 @@ def _thin_svd(x):
 def svd(x, gradient="original"):
     """Thin SVD of x [B, M, N] by `tf.linalg.svd`, returning (s, u, v).
 
-    Uses TensorFlow's sign convention, which the loss depends on (spec section 1).
+    Uses TensorFlow's sign convention, which the loss depends on (docs/method.md section 1).
     `gradient` is one of GRADIENTS (see the module docstring).
     """
     return _decompose_with_gradient(x, _thin_svd, gradient)
@@ -237,7 +237,7 @@ def svd(x, gradient="original"):
 
 def _gram_decomposition(x):
     """SVD of x read off an eigen/singular decomposition of its smaller Gram matrix
-    (KD_methods_with_TF `SVD_eid`, spec section 2).
+    (KD_methods_with_TF `SVD_eid`, docs/method.md section 2).
 
     Wide (M < N): U from the SVD of X X^T, V = X^T U with unit columns, s = norms.
     Tall (M >= N): V = eigenvectors of X^T X reordered to descending eigenvalue,
@@ -328,7 +328,7 @@ def in_square_band(x):
 
 
 def eid(x, gradient="original", backend="svd"):
-    """The KD-EID decomposition of x [B, M, N] (spec section 2), returning (s, u, v).
+    """The KD-EID decomposition of x [B, M, N] (docs/method.md section 2), returning (s, u, v).
 
     The factors come from the Gram matrix of the smaller side; the backward pass
     is the SVD gradient `gradient` evaluated at those factors. Quirk kept in

@@ -27,14 +27,12 @@ import tensorflow as tf
 from keras_tuner.engine import hyperparameters as hp_types
 from tensorboard.plugins.hparams import api as hparams_api
 
-from sskd_tf import data as datasets
-from sskd_tf import models
 from sskd_tf.distill import METHODS, build_method
 from sskd_tf.errors import SearchFailed
 from sskd_tf.training import files
 from sskd_tf.training.callbacks import NonFiniteGuard
-from sskd_tf.training.recipes import RECIPES
-from sskd_tf.training.run import build_distiller, load_teacher, teacher_weights_path
+from sskd_tf.training.run import (build_distiller, build_student, load_teacher, run_datasets,
+                                  teacher_weights_path)
 from sskd_tf.training.schedule import steps_per_epoch
 from sskd_tf.training.strategy import make_strategy
 
@@ -70,16 +68,6 @@ def tuned_names(hp):
     return [item.name for item in hp.space if not isinstance(item, hp_types.Fixed)]
 
 
-def run_datasets(config, start_pass=0):
-    """(train_ds, val_ds, info) of a run, as `training.run.train` builds them; the
-    training stream starts at pass `start_pass`."""
-    return datasets.build_datasets(
-        config.dataset, config.data_dir, batch_size=config.batch_size,
-        eval_batch_size=RECIPES.get(config.recipe).eval_batch_size, recipe=config.recipe,
-        seed=config.seed, take_train=config.take_train, take_test=config.take_test,
-        start_pass=start_pass)
-
-
 class DistillerHyperModel(kt.HyperModel):
     """Builds and compiles the Distiller of one trial; every trial starts from the
     same seed and reads the data afresh, so that trials differ only by their
@@ -97,8 +85,7 @@ class DistillerHyperModel(kt.HyperModel):
         options = {**self.config.method_options,
                    **METHODS.get(self.config.method).search_space(hp)}
         method = build_method(self.config.method, **options)
-        student = models.build_model(self.config.student, self.info.num_classes,
-                                     weight_decay=self.config.weight_decay)
+        student = build_student(self.config, self.info)
         method.prepare(self.teacher, run_datasets(self.config)[0].take(self.steps_in_epoch))
         return build_distiller(self.config, method, self.teacher, student, self.steps_in_epoch)
 
@@ -185,7 +172,7 @@ def search(config, tuner="random", max_trials=10, epochs=2):
     weights_path = teacher_weights_path(config) if needs_teacher else None
     _, val_ds, info = run_datasets(config)
     with strategy.scope():
-        teacher = (load_teacher(config, info.num_classes, weights_path, val_ds)[0]
+        teacher = (load_teacher(config, info.num_classes, weights_path, val_ds, info.image_shape)[0]
                    if needs_teacher else None)
     hypermodel = DistillerHyperModel(config, teacher, info)
     keras_tuner = make_tuner(tuner, hypermodel, hyperparameters, max_trials, epochs, config.seed,

@@ -1,5 +1,5 @@
-"""Independent numpy transcriptions of the authors' formulas (spec sections 1, 3, 4),
-written loop by loop from the spec so that the TensorFlow code can be checked
+"""Independent numpy transcriptions of the authors' formulas (docs/method.md sections 1, 3, 4),
+written loop by loop from docs/method.md so that the TensorFlow code can be checked
 against something it does not share."""
 import numpy as np
 

@@ -1,4 +1,5 @@
-"""Datasets (cifar100, cifar10, digits) and their tf.data input pipelines.
+"""Datasets (cifar100, cifar10, digits, tfds:<name>, folder:<dir>) and their tf.data
+input pipelines.
 
 `get_dataset_info(name)`, `load_arrays(name, data_dir)` and `build_datasets(name, ...)` are the
 entry points; `RECIPES` names the preprocessing recipes `build_datasets` accepts.
@@ -9,8 +10,9 @@ on first use.
 """
 import importlib
 
-from sskd_tf.data import cifar, digits  # noqa: F401  (register the datasets)
-from sskd_tf.data.catalog import DATASETS, DatasetInfo, get_dataset_info, load_arrays
+from sskd_tf.data import cifar, digits, external  # noqa: F401  (register the datasets)
+from sskd_tf.data.catalog import (DATASET_KINDS, DATASETS, DatasetInfo, get_dataset_info,
+                                  load_arrays, source_of)
 from sskd_tf.data.names import DATASET_NAMES, DEFAULT_DATASET, DEFAULT_RECIPE, RECIPES
 
 _LOADED_ON_USE = {"build_datasets": "sskd_tf.data.pipeline"}
@@ -22,5 +24,5 @@ def __getattr__(name):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = ["DATASETS", "DATASET_NAMES", "DEFAULT_DATASET", "DEFAULT_RECIPE", "RECIPES",
+__all__ = ["DATASET_KINDS", "DATASETS", "source_of", "DATASET_NAMES", "DEFAULT_DATASET", "DEFAULT_RECIPE", "RECIPES",
            "DatasetInfo", "build_datasets", "get_dataset_info", "load_arrays"]

@@ -28,18 +28,36 @@ class DatasetInfo:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSource:
-    """A registered dataset: its info and `load(data_dir)` returning the four arrays."""
+    """A dataset: its info and `load(data_dir)` returning the four arrays.
+
+    normalization: "cifar" (the recipes' constants, data/recipes.py) or "computed"
+    (per-channel statistics of the training split, `pipeline.normalization`).
+    """
 
     info: DatasetInfo
     load: Callable[[Optional[str]], tuple]
+    normalization: str = "cifar"
 
 
 DATASETS = Registry("dataset")
+# Kinds of dataset named "<kind>:<argument>" (tfds:mnist, folder:images/): each maps the
+# argument and the loading options to a DatasetSource (data/external.py).
+DATASET_KINDS = Registry("dataset kind")
 
 
-def get_dataset_info(name):
-    """The `DatasetInfo` of a registered dataset; reads nothing from disk."""
-    return DATASETS.get(name).info
+def source_of(name, **options):
+    """The DatasetSource of a registered name or of "<kind>:<argument>"; `options`
+    (data_dir, image_size, download, validation_split, seed) go to the kind's factory."""
+    kind, separator, argument = name.partition(":")
+    if separator:
+        return DATASET_KINDS.get(kind)(argument, **options)
+    return DATASETS.get(name)
+
+
+def get_dataset_info(name, **options):
+    """The `DatasetInfo` of a dataset; reads nothing from disk for a registered one
+    (a "<kind>:" dataset reads its metadata)."""
+    return source_of(name, **options).info
 
 
 def load_arrays(name, data_dir=None):
@@ -48,7 +66,11 @@ def load_arrays(name, data_dir=None):
     Images are uint8 [N, 32, 32, 3] (RGB, channels last), labels int64 [N]. Each dataset's
     module says where it looks for data; a missing dataset raises a one-line ValueError.
     """
-    source = DATASETS.get(name)
+    return read_arrays(source_of(name), data_dir)
+
+
+def read_arrays(source, data_dir=None):
+    """`load_arrays` of a DatasetSource."""
     arrays = source.load(data_dir)
     _check_arrays(source.info, arrays)
     train_images, train_labels, test_images, test_labels = arrays

@@ -15,44 +15,107 @@ the batch; see `recipes.kd_methods_augment`). The last, partial batch of a pass 
 training image is seen once per pass, as in the authors' loop, which never skips an image.
 """
 import dataclasses
+import hashlib
+import json
+import os
+import tempfile
 
 import numpy as np
 import tensorflow as tf
 
-from sskd_tf.data.catalog import get_dataset_info, load_arrays
+from sskd_tf.data.catalog import read_arrays, source_of
 from sskd_tf.data.names import DEFAULT_RECIPE
-from sskd_tf.data.recipes import AUGMENTATIONS, normalize
+from sskd_tf.data.recipes import AUGMENTATIONS, CIFAR_MEAN, CIFAR_STD, normalize
 
 
 def build_datasets(name, data_dir=None, batch_size=128, eval_batch_size=200,
-                   recipe=DEFAULT_RECIPE, seed=0, take_train=None, take_test=None, start_pass=0,
+                   recipe=DEFAULT_RECIPE, seed=0, take_train=None, take_test=None,
+                   image_size=None, download=True, validation_split=0.2, start_pass=0,
                    skip_steps=0):
     """Returns (train_ds, val_ds, info) for dataset `name`.
 
-    Both datasets yield (float32 normalised images [B, 32, 32, 3], int64 labels [B]). train_ds
+    Both datasets yield (float32 normalised images [B, H, W, 3], int64 labels [B]). train_ds
     is the endless `training_stream` from pass `start_pass` on, without the first
     `skip_steps` batches of that pass (a run that finished e epochs and s steps of the next
     resumes at e, s); a pass is ceil(num_train / batch_size) batches. val_ds is the test split,
     normalised, in order. `take_train` / `take_test` keep only the first N examples of a
     split; `info` then counts the examples the datasets really hold.
+    image_size: resize to image_size x image_size (None: the dataset's own size).
+    download, validation_split: options of "<kind>:" datasets (data/external.py).
     """
     augment = AUGMENTATIONS.get(recipe)
-    train_images, train_labels, test_images, test_labels = load_arrays(name, data_dir)
+    source = source_of(name, data_dir=data_dir, image_size=image_size, download=download,
+                       validation_split=validation_split, seed=seed)
+    train_images, train_labels, test_images, test_labels = read_arrays(source, data_dir)
+    train_images, test_images = resize(train_images, image_size), resize(test_images, image_size)
+    mean, std = normalization(source, name, data_dir, train_images)
     train_images, train_labels = train_images[:take_train], train_labels[:take_train]
     test_images, test_labels = test_images[:take_test], test_labels[:take_test]
     if not len(train_labels) or not len(test_labels):
         raise ValueError(f"take_train={take_train}, take_test={take_test} leave a split empty")
-    info = dataclasses.replace(get_dataset_info(name), num_train=len(train_labels),
-                               num_test=len(test_labels))
-    train_ds = training_stream(train_images, train_labels, batch_size, augment, seed,
+    info = dataclasses.replace(source.info, image_shape=tuple(train_images.shape[1:]),
+                               num_train=len(train_labels), num_test=len(test_labels))
+    train_ds = training_stream(train_images, train_labels, batch_size, augment, seed, mean, std,
                                start_pass, skip_steps)
-    val_ds = evaluation_pipeline(test_images, test_labels, eval_batch_size)
+    val_ds = evaluation_pipeline(test_images, test_labels, eval_batch_size, mean, std)
     return train_ds, val_ds, info
 
 
-def training_stream(images, labels, batch_size, augment, seed, start_pass=0, skip_steps=0):
-    """Endless normalised batches of uint8 `images`, pass after pass, from pass `start_pass`
-    without its first `skip_steps` batches.
+def resize(images, image_size, chunk=1024):
+    """uint8 images resized (bilinear) to image_size x image_size; unchanged when None or
+    already that size."""
+    if image_size is None or tuple(images.shape[1:3]) == (image_size, image_size):
+        return images
+    parts = [np.asarray(tf.image.resize(images[start:start + chunk], (image_size, image_size)))
+             for start in range(0, len(images), chunk)]
+    return np.clip(np.rint(np.concatenate(parts)), 0, 255).astype(np.uint8)
+
+
+def cache_dir():
+    """Where computed statistics are kept: $SSKD_TF_CACHE, else $XDG_CACHE_HOME/sskd_tf,
+    else ~/.cache/sskd_tf."""
+    if os.environ.get("SSKD_TF_CACHE"):
+        return os.environ["SSKD_TF_CACHE"]
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "sskd_tf")
+
+
+def channel_statistics(images, chunk=4096):
+    """Per-channel mean and standard deviation of uint8 images, in float64."""
+    total, squares, count = 0.0, 0.0, 0
+    for start in range(0, len(images), chunk):
+        part = images[start:start + chunk].astype(np.float64).reshape(-1, images.shape[-1])
+        total, squares, count = total + part.sum(0), squares + np.square(part).sum(0), count + len(part)
+    mean = total / count
+    return mean, np.sqrt(np.maximum(squares / count - np.square(mean), 1e-12))
+
+
+def normalization(source, name, data_dir, train_images):
+    """(mean, std) per channel: the recipes' CIFAR constants for the registered datasets,
+    else statistics of the whole training split, computed once and cached (keyed by the
+    dataset, its location and the split's shape)."""
+    if source.normalization == "cifar":
+        return CIFAR_MEAN, CIFAR_STD
+    key = json.dumps([name, os.path.abspath(data_dir) if data_dir else None,
+                      list(train_images.shape)])
+    path = os.path.join(cache_dir(), "normalization",
+                        hashlib.sha256(key.encode()).hexdigest()[:16] + ".json")
+    if os.path.exists(path):
+        with open(path) as handle:
+            cached = json.load(handle)
+        return tuple(cached["mean"]), tuple(cached["std"])
+    mean, std = channel_statistics(train_images)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=os.path.dirname(path), delete=False) as handle:
+        json.dump({"dataset": key, "mean": mean.tolist(), "std": std.tolist()}, handle)
+    os.replace(handle.name, path)
+    return tuple(mean.tolist()), tuple(std.tolist())
+
+
+def training_stream(images, labels, batch_size, augment, seed, mean=CIFAR_MEAN, std=CIFAR_STD,
+                    start_pass=0, skip_steps=0):
+    """Endless batches of uint8 `images` normalised by (mean, std), pass after pass, from pass
+    `start_pass` without its first `skip_steps` batches.
 
     Pass p is a permutation of the examples drawn by `stateless_shuffle` keyed by
     (shuffle key, p), cut into batches; batch `step` of it is normalised, then
@@ -75,7 +138,7 @@ def training_stream(images, labels, batch_size, augment, seed, start_pass=0, ski
     def make_batch(pass_index, step, indices):
         pass_seed = tf.stack([tf.constant(augment_key, tf.int64), pass_index])
         batch_seed = tf.random.experimental.stateless_fold_in(pass_seed, step)
-        batch_images = normalize(tf.gather(images, indices))
+        batch_images = normalize(tf.gather(images, indices), mean, std)
         return augment(batch_images, batch_seed), tf.gather(labels, indices)
 
     return (tf.data.Dataset.range(start_pass, np.iinfo(np.int64).max)
@@ -84,11 +147,12 @@ def training_stream(images, labels, batch_size, augment, seed, start_pass=0, ski
             .prefetch(tf.data.AUTOTUNE))
 
 
-def evaluation_pipeline(images, labels, batch_size):
+def evaluation_pipeline(images, labels, batch_size, mean=CIFAR_MEAN, std=CIFAR_STD):
     """Normalised batches of uint8 `images` in order, computed once and cached."""
     return (tf.data.Dataset.from_tensor_slices((images, labels))
             .batch(batch_size)
-            .map(lambda batch_images, batch_labels: (normalize(batch_images), batch_labels),
+            .map(lambda batch_images, batch_labels: (normalize(batch_images, mean, std),
+                                                     batch_labels),
                  num_parallel_calls=tf.data.AUTOTUNE)
             .cache()
             .prefetch(tf.data.AUTOTUNE))

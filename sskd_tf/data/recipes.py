@@ -18,14 +18,21 @@ from sskd_tf.registry import Registry
 CIFAR_MEAN = (112.4776, 124.1058, 129.3773)
 CIFAR_STD = (70.4587, 65.4312, 68.2094)
 PAD = 4
+PAD_IMAGE_SIZE = 32  # the recipes pad 4 pixels of a 32x32 image; other sizes pad in proportion
 MAX_ROTATION_DEGREES = 15.0
 
 AUGMENTATIONS = Registry("recipe")
 
 
-def normalize(images):
-    """uint8 (or float) images -> float32 (x - CIFAR_MEAN) / CIFAR_STD, per channel."""
-    return (tf.cast(images, tf.float32) - CIFAR_MEAN) / CIFAR_STD
+def normalize(images, mean=CIFAR_MEAN, std=CIFAR_STD):
+    """uint8 (or float) images -> float32 (x - mean) / std, per channel (default: the
+    recipes' CIFAR constants)."""
+    return (tf.cast(images, tf.float32) - mean) / std
+
+
+def padding(images):
+    """The recipes' 4-pixel padding scaled to the images' height (4 at 32x32)."""
+    return max(1, round(PAD * images.shape[1] / PAD_IMAGE_SIZE))
 
 
 def random_flip_left_right(images, seed):
@@ -62,14 +69,16 @@ def rotate(images, angles):
 
 @AUGMENTATIONS.register("kd_methods")
 def kd_methods_augment(images, seed):
-    """KD_methods_with_TF `dataloader.py`: random flip, reflect-pad 4, random 32x32 crop.
+    """KD_methods_with_TF `dataloader.py`: random flip, reflect-pad 4, random 32x32 crop
+    (at other image sizes, a padding in proportion and a crop back to the size).
 
     As in the original, which crops the padded batch in one call, the crop offset is drawn once
     per batch and shared by all its images; the flips are drawn per image.
     """
     flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
     images = random_flip_left_right(images, flip_seed)
-    padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]], mode="REFLECT")
+    pad = padding(images)
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode="REFLECT")
     return tf.image.stateless_random_crop(padded, tf.shape(images), crop_seed)
 
 
@@ -78,17 +87,19 @@ def eccv2018_augment(images, seed):
     """SSKD_SVD `preprocessing/cifar100_preprocessing.py` (`train.py` asks for 'cifar100').
 
     Random flip, random rotation in [-15, 15) degrees (nearest), zero-pad 4, random 32x32
-    crop, all drawn per image. As in the original, rotation and padding act on normalised
-    images, so their filled pixels are 0 after normalisation (the mean colour), not black.
+    crop, all drawn per image (padding in proportion at other sizes). As in the original,
+    rotation and padding act on normalised images, so their filled pixels are 0 after
+    normalisation (the mean colour), not black.
     """
     flip_seed, angle_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 3))
     batch = tf.shape(images)[0]
+    pad = padding(images)  # before the rotation, whose output has no static size
     images = random_flip_left_right(images, flip_seed)
     max_angle = math.radians(MAX_ROTATION_DEGREES)
     images = rotate(images, tf.random.stateless_uniform(
         [batch], angle_seed, minval=-max_angle, maxval=max_angle))
-    padded = tf.pad(images, [[0, 0], [PAD, PAD], [PAD, PAD], [0, 0]])
-    offsets = tf.random.stateless_uniform([batch, 2], crop_seed, maxval=2 * PAD + 1,
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    offsets = tf.random.stateless_uniform([batch, 2], crop_seed, maxval=2 * pad + 1,
                                           dtype=tf.int32)
     return crop(padded, offsets, tf.shape(images)[1])
 

@@ -20,7 +20,7 @@ class DistillationMethod(keras.layers.Layer):
     - `needs_teacher`: False for methods that learn without a teacher network.
     - `gradient_rule`: "sum" adds the distillation gradient to the task gradient;
       "clip" applies the multi-task rule of KD_methods_with_TF `op_util.py`
-      (spec section 5): per student variable the distillation gradient is clipped
+      (docs/method.md section 5): per student variable the distillation gradient is clipped
       by norm to `clip_scale * ||g_ce|| * sigmoid(epoch)`.
     - `ce_weight`: weight of the student's cross-entropy in the total loss.
     - `reduction`: "mean" when the terms average over the batch, "sum" when they

@@ -7,7 +7,7 @@ and the student matches the teacher's matrices in squared L2 norm.
 
 Matrices relate consecutive taps of one network; the larger map is max-pooled
 to the smaller one (both authors' codes pool 2x2 with stride 2; here the pool is
-the size ratio, the same for every network of the spec). The loss per pair is the
+the size ratio, the same for every built-in network). The loss per pair is the
 batch mean of sum((G_T - G_S)^2) / 2. Two normalisations, `normalisation=`:
 
 - "kd_methods" (default; KD_methods_with_TF `nets/Shared.py`, `train_w_distill.py`,

@@ -4,7 +4,7 @@ from sskd_tf.distill.base import METHODS, DistillationMethod
 
 @METHODS.register("none")
 class NoDistillation(DistillationMethod):
-    """Cross-entropy and weight decay only (the 'Student' baseline of spec section 5)."""
+    """Cross-entropy and weight decay only (the 'Student' baseline of docs/method.md section 5)."""
 
     needs_teacher = False
 

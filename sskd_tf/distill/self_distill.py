@@ -21,7 +21,7 @@ Followed: the authors' journal code (ArchipLab-LinfengZhang/pytorch-self-distill
   sigmoid, which keeps it in [0.5, 1); that BN-ReLU is dropped here;
 - bottleneck: separable conv blocks of stride 2 (as the authors' `SepConv`) until
   the map is no larger than the last tap, widths growing geometrically to the
-  last tap's width (doubling for the spec's networks); one stride-1 block when
+  last tap's width (doubling for the built-in networks); one stride-1 block when
   the tap already has the last tap's resolution;
 - F_i is the pooled bottleneck output and F_C the pooled last tap, of equal
   widths, so no adaptation layer is needed; the hint is the squared L2 summed

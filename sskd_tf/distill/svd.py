@@ -5,7 +5,7 @@ Decomposition", ECCV 2018 (arXiv 1807.06819), section 3.
 
 Each feature map is compressed to its leading right singular vectors; the
 knowledge is the radial-basis-function correlation between the vectors of
-consecutive taps (paper eq. 5-7). Three variants (spec sections 1, 2 and 4):
+consecutive taps (paper eq. 5-7). Three variants (docs/method.md sections 1, 2 and 4):
 
 - "svd": the authors' refined code (KD_methods_with_TF `nets/Shared.py` and
   `nets/SVP.py`), the default.
@@ -76,7 +76,7 @@ def rbf_correlation(vectors, previous_vectors, width=RBF_WIDTH):
 
 def leading_components(s, v, n):
     """First n singular values and right vectors, non-finite entries zeroed,
-    L2-normalised (s over components, each v column over its length): spec section 1,
+    L2-normalised (s over components, each v column over its length): docs/method.md section 1,
     steps 2-3. `tf.math.l2_normalize` is the normalisation of the refined code."""
     s = tf.math.l2_normalize(_finite_or_zero(s)[:, :n], axis=1)
     v = tf.math.l2_normalize(_finite_or_zero(v)[:, :, :n], axis=1)
@@ -85,7 +85,7 @@ def leading_components(s, v, n):
 
 def align_to_teacher(student_v, teacher_v):
     """For every teacher vector, the student vector most parallel to it, its sign
-    flipped to agree (spec section 1 step 4): V_S A with
+    flipped to agree (docs/method.md section 1 step 4): V_S A with
     A[b, j, t] = sign(C[b, j, t]) where |C[b, j, t]| = max_j |C[b, :, t]|, C = V_S^T V_T.
     Ties select every tied vector (as the original mask does)."""
     cosine = tf.matmul(student_v, teacher_v, transpose_a=True)
@@ -96,7 +96,7 @@ def align_to_teacher(student_v, teacher_v):
 
 
 def refined_loss_from_components(student_vs, teacher_ss, teacher_vs, rbf_width=RBF_WIDTH):
-    """Loss of spec section 1, steps 4-7, from normalised components per tap:
+    """Loss of docs/method.md section 1, steps 4-7, from normalised components per tap:
     student_vs [B, D, n_S], teacher_ss [B, K], teacher_vs [B, D, K]."""
     losses = []
     previous = None
@@ -142,7 +142,7 @@ def _scale_with_finite_gradient(x, weight):
 
 
 def eccv_align(student_v, teacher_v, teacher_s, n, finite_gradient=False):
-    """Alignment of the 2018 release (spec section 4) for one map: per teacher
+    """Alignment of the 2018 release (docs/method.md section 4) for one map: per teacher
     component, the student column of largest |cosine|; both weighted by the
     teacher's normalised singular values, then the *teacher* vector flipped to agree.
 
@@ -167,7 +167,7 @@ def eccv_align(student_v, teacher_v, teacher_s, n, finite_gradient=False):
 
 
 def eccv_nan_guard(tensors):
-    """The 2018 release's guard over a pair's four aligned tensors (spec section 4):
+    """The 2018 release's guard over a pair's four aligned tensors (docs/method.md section 4):
     non-finite entries become 0 and each tensor's gradient is scaled by
     mask = finite_b * B / (sum_b finite_b + 1e-3), its value left unchanged."""
     top_finite = tf.math.is_finite(tensors[0]) & tf.math.is_finite(tensors[1])
@@ -189,7 +189,7 @@ def eccv_nan_guard(tensors):
 def eccv_loss_from_components(student_vs, teacher_ss, teacher_vs, num_vectors=1,
                               rbf_width=RBF_WIDTH, finite_gradient=False):
     """Loss of the 2018 release from the raw kept components of every tap
-    (spec section 4): one RBF term per consecutive pair,
+    (docs/method.md section 4): one RBF term per consecutive pair,
     l2_loss(R_S - R_T) * sqrt(n'), with n' = min(n, components of the lower tap)
     carried over from pair to pair as the original loop does.
     `finite_gradient`: see `eccv_align`."""
@@ -313,7 +313,7 @@ def svd_kd_loss(student_feats, teacher_feats, variant="svd", gradient="original"
     """KD-SVD distillation loss between paired lists of [B, H, W, D] feature maps.
 
     variant: "svd" (refined KD-SVD, default), "eid" (KD-EID) or "eccv" (2018 release).
-    gradient: "original" (the authors' SVD gradient of that variant: spec section 3
+    gradient: "original" (the authors' SVD gradient of that variant: docs/method.md section 3
     for svd/eid, section 4 for eccv) or "exact" (the true, guarded SVD gradient).
     backend: "svd" (faithful), "gram" (fastest; its own sign rule) or "hybrid"
     (the loss of "svd", faster): see the module docstring.
@@ -453,20 +453,20 @@ class KDSVD(DistillationMethod):
 
 @METHODS.register("svd")
 class KDSVDRefined(KDSVD):
-    """Refined KD-SVD (KD_methods_with_TF), spec section 1."""
+    """Refined KD-SVD (KD_methods_with_TF), docs/method.md section 1."""
 
     variant = "svd"
 
 
 @METHODS.register("eid")
 class KDEID(KDSVD):
-    """KD-EID: KD-SVD with the Gram-matrix decomposition, spec section 2."""
+    """KD-EID: KD-SVD with the Gram-matrix decomposition, docs/method.md section 2."""
 
     variant = "eid"
 
 
 @METHODS.register("svd_eccv")
 class KDSVDECCV(KDSVD):
-    """KD-SVD of the 2018 release (SSKD_SVD), spec section 4."""
+    """KD-SVD of the 2018 release (SSKD_SVD), docs/method.md section 4."""
 
     variant = "eccv"

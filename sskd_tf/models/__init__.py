@@ -9,9 +9,9 @@ through it); the functions that need Keras load their module on first use.
 """
 import importlib
 
-from sskd_tf.models.names import MODELS, is_model_name, parse_model_name, student_for
+from sskd_tf.models.names import MODELS, is_external, is_model_name, parse_model_name, student_for
 
-__all__ = ["MODELS", "build_model", "count_flops", "count_params", "is_model_name",
+__all__ = ["MODELS", "build_model", "count_flops", "count_params", "is_external", "is_model_name",
            "logits_model", "parse_model_name", "student_for"]
 
 _LAZY_ATTRIBUTES = {
@@ -21,17 +21,28 @@ _LAZY_ATTRIBUTES = {
 }
 
 
-def build_model(name, num_classes, input_shape=(32, 32, 3), weight_decay=0.0):
-    """Build the network `name` (e.g. `resnet32`, `wrn16_4`, `vgg_teacher`).
+def build_model(name, num_classes, input_shape=(32, 32, 3), weight_decay=0.0, taps=(),
+                role="model"):
+    """Build the network `name` (e.g. `resnet32`, `wrn16_4`, `vgg_teacher`, a `.keras`
+    file, `keras:ResNet50`).
 
     weight_decay > 0 attaches `keras.regularizers.L2(weight_decay / 2)` to the variables
     the authors decay for that family, so that `sum(model.losses)` equals their
-    `weight_decay * sum(w ** 2) / 2`; 0 attaches none.
+    `weight_decay * sum(w ** 2) / 2`; 0 attaches none. Networks from outside the port
+    keep their own regularisers. taps: layer names whose outputs replace the
+    network's own distillation taps (required for outside networks, which have none).
     """
+    if is_external(name):
+        return importlib.import_module("sskd_tf.models.external").build(
+            name, num_classes, input_shape, taps, role)
     module, arguments = parse_model_name(name)
     family = importlib.import_module(f"sskd_tf.models.{module}")
-    return family.build(name=name, num_classes=num_classes, input_shape=tuple(input_shape),
-                        weight_decay=weight_decay, **arguments)
+    model = family.build(name=name, num_classes=num_classes, input_shape=tuple(input_shape),
+                         weight_decay=weight_decay, **arguments)
+    if not taps:
+        return model
+    tap_model = importlib.import_module("sskd_tf.taps").tap_model
+    return tap_model(__getattr__("logits_model")(model), taps, role, name=name)
 
 
 def __getattr__(attribute):

@@ -8,6 +8,7 @@ import dataclasses
 import re
 from typing import Callable, Optional
 
+from sskd_tf.errors import UserError
 from sskd_tf.registry import Registry
 
 
@@ -63,9 +64,19 @@ for _family in ("vgg", "mobilenet", "resnext"):
 _STUDENT_OF_FAMILY = {"resnet": "resnet8", "wrn": "wrn16_4"}
 
 
+KERAS_PREFIX = "keras:"
+
+
+def is_external(name):
+    """A network from outside the port (`models.external`): a `.keras` file or
+    `keras:<ApplicationName>[:imagenet]`."""
+    return name.endswith(".keras") or re.fullmatch(
+        re.escape(KERAS_PREFIX) + r"[A-Za-z][A-Za-z0-9_]*(:imagenet)?", name) is not None
+
+
 def choices():
     """The known names and patterns, as shown in error messages."""
-    return ", ".join(MODELS.names())
+    return ", ".join(MODELS.names() + ["a .keras file", "keras:<ApplicationName>[:imagenet]"])
 
 
 def parse_model_name(name):
@@ -79,6 +90,8 @@ def parse_model_name(name):
 
 
 def is_model_name(name):
+    if is_external(name):
+        return True
     try:
         parse_model_name(name)
     except ValueError:
@@ -89,6 +102,8 @@ def is_model_name(name):
 def student_for(teacher_name):
     """The student the authors pair with `teacher_name`: resnet* -> resnet8,
     wrn* -> wrn16_4, X_teacher -> X_student (a student name maps to itself)."""
+    if is_external(teacher_name):
+        raise UserError(f"the teacher {teacher_name!r} has no usual student: pass --student")
     module, _ = parse_model_name(teacher_name)
     if module in _STUDENT_OF_FAMILY:
         return _STUDENT_OF_FAMILY[module]

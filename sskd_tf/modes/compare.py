@@ -32,12 +32,11 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from sskd_tf import data as datasets
-from sskd_tf import models
 from sskd_tf.distill import METHODS, build_method
 from sskd_tf.modes.run_config import config_from_flags, method_options
 from sskd_tf.training.callbacks import read_history
-from sskd_tf.training.recipes import RECIPES
-from sskd_tf.training.run import RESULTS_FILE, teacher_weights_path, train
+from sskd_tf.training.run import (RESULTS_FILE, build_student, run_datasets, teacher_weights_path,
+                                  train)
 from sskd_tf.training.schedule import steps_per_epoch
 
 COMPARE_DIR = "compare"
@@ -160,11 +159,8 @@ def evaluate_exits(config):
     """Validation accuracy and FLOPs of every exit of a finished self_distill-like run,
     shallowest first, from its last checkpoint."""
     config = config.resolved()
-    _, val_ds, info = datasets.build_datasets(
-        config.dataset, config.data_dir, batch_size=config.batch_size,
-        eval_batch_size=RECIPES.get(config.recipe).eval_batch_size, recipe=config.recipe,
-        seed=config.seed, take_train=config.take_train, take_test=config.take_test)
-    student = models.build_model(config.student, info.num_classes)
+    _, val_ds, info = run_datasets(config)
+    student = build_student(config, info)
     method = build_method(config.method, **config.method_options)
     method.exit_logits(student(tf.zeros((1,) + tuple(info.image_shape))))
     latest = tf.train.latest_checkpoint(os.path.join(config.train_dir, "checkpoints"))

@@ -6,7 +6,7 @@ from sskd_tf.training.run import RunConfig
 SVD_METHODS = ("svd", "eid", "svd_eccv")
 # RunConfig fields that take the flag of the same name as it is.
 _SAME_NAME_FIELDS = (
-    "teacher", "dataset", "data_dir", "recipe", "epochs", "batch_size", "learning_rate",
+    "teacher", "dataset", "data_dir", "image_size", "validation_split", "recipe", "epochs", "batch_size", "learning_rate",
     "lr_decay_rate", "weight_decay", "train_dir", "teacher_weights", "seed", "strategy", "jit",
     "mixed_precision", "deterministic", "max_consecutive_skips", "overwrite", "take_train",
     "take_test",
@@ -29,6 +29,8 @@ def config_from_flags(flag_values, **overrides):
     fields = {name: getattr(flag_values, name) for name in _SAME_NAME_FIELDS}
     fields.update(
         student=flag_values.student or None,
+        teacher_taps=tuple(flag_values.teacher_taps),
+        student_taps=tuple(flag_values.student_taps),
         method=flag_values.method,
         method_options=method_options(flag_values, flag_values.method),
         lr_decay_points=decay_points(flag_values.lr_decay_points),

@@ -2,16 +2,61 @@
 
 Compiled and fitted like any Keras model (so callbacks, keras-tuner and
 distribution strategies work unchanged); its `train_step` reproduces the
-multi-task update of KD_methods_with_TF `op_util.py` (spec section 5).
+multi-task update of KD_methods_with_TF `op_util.py` (docs/method.md section 5).
 """
 import keras
 import tensorflow as tf
+from keras.src.utils.tracking import no_automatic_dependency_tracking
 
+from sskd_tf.errors import UserError
 from sskd_tf.training.precision import needs_loss_scale
 from sskd_tf.training.schedule import clip_sigmoid, epoch_of_step
 
 
 CLIP_RULES = ("kd_methods", "eccv2018")
+
+
+def summed_task_loss(loss):
+    """(labels, outputs) -> the task loss summed over the batch (the train step divides
+    by the batch). None: sparse cross-entropy on logits, the authors' loss. Otherwise
+    anything `keras.losses.get` accepts; whether it reads logits or probabilities is
+    the loss's own setting (e.g. `from_logits`)."""
+    if loss is None:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction="sum")
+    loss = keras.losses.get(loss)
+    if isinstance(loss, keras.losses.Loss):
+        return loss.__class__.from_config({**loss.get_config(), "reduction": "sum"})
+    return lambda labels, outputs: tf.reduce_sum(loss(labels, outputs))
+
+
+def task_metrics(metrics):
+    """Metric objects of the student's output against integer labels. None or
+    "accuracy"/"acc": sparse categorical accuracy (argmax, so logits or
+    probabilities alike); other names and functions through `keras.metrics.get`."""
+    resolved = []
+    for metric in metrics or ["accuracy"]:
+        if metric in ("accuracy", "acc"):
+            metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        elif not isinstance(metric, keras.metrics.Metric):
+            function = keras.metrics.get(metric)
+            metric = function if isinstance(function, keras.metrics.Metric) else \
+                keras.metrics.MeanMetricWrapper(function, name=getattr(function, "__name__", str(metric)))
+        resolved.append(metric)
+    return resolved
+
+
+def _steps_of(x, batch_size):
+    """Steps of one pass over `x` (see `Distiller.fit`)."""
+    if isinstance(x, tf.data.Dataset):
+        steps = int(x.cardinality())
+        if steps < 0:
+            raise UserError("cannot count the steps of one epoch of an infinite or unknown-length "
+                            "dataset: pass steps_per_epoch to fit or steps_in_epoch to the distiller")
+        return steps
+    if isinstance(x, keras.utils.PyDataset):
+        return len(x)
+    first = keras.tree.flatten(x)[0]
+    return -(-len(first) // (batch_size or 32))
 
 
 def clip_scales(epoch, clip_rule, clip_scale=1.0):
@@ -33,7 +78,7 @@ def combine_gradients(ce_grads, wd_grads, kd_grads, rule, kd_scale=1.0, threshol
     """Per-variable combination of the task, weight-decay and distillation gradients.
 
     rule "sum": g = g_ce + g_wd + g_kd.
-    rule "clip" (spec section 5): g = g_ce + g_wd
+    rule "clip" (docs/method.md section 5): g = g_ce + g_wd
     + clip_by_norm(kd_scale * g_kd, threshold_scale * ||g_ce||).
     A variable the distillation loss does not reach gets g_ce + g_wd.
     Returns the gradients and the fraction of the (scaled) distillation
@@ -65,10 +110,13 @@ class Distiller(keras.Model):
     student, teacher: models whose output is {"logits": ..., "features": [...]}.
     teacher may be None when the method needs none. method: a DistillationMethod.
     steps_in_epoch: steps of one pass over the training set, which give the epoch
-    of the clipping rule (see `schedule`). clip_rule: see `clip_scales`.
+    of the clipping rule (see `schedule`); None: derived from the data by `fit`.
+    clip_rule: see `clip_scales`. `compile(loss=..., metrics=...)` replaces the task
+    loss (default: sparse cross-entropy on logits, reported as `ce_loss`) and the
+    task metrics (default: accuracy).
     """
 
-    def __init__(self, student, method, teacher=None, *, steps_in_epoch, clip_rule="kd_methods",
+    def __init__(self, student, method, teacher=None, *, steps_in_epoch=None, clip_rule="kd_methods",
                  **kwargs):
         super().__init__(**kwargs)
         if method.needs_teacher and teacher is None:
@@ -77,15 +125,15 @@ class Distiller(keras.Model):
         self.teacher = teacher
         self.method = method
         self.steps_in_epoch = steps_in_epoch
+        self._derived_steps = False
         self.clip_rule = clip_rule
         if teacher is not None:
             teacher.trainable = False
-        self.cross_entropy = keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True, reduction="sum")
+        self.cross_entropy = summed_task_loss(None)
         self.trackers = {}
         for name in ("loss", "ce_loss", "wd_loss", "kd_loss", "clip_ratio"):
             self.trackers[name] = keras.metrics.Mean(name=name)
-        self.trackers["accuracy"] = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+        self.task_metrics = task_metrics(None)
         self.trackers["skipped_steps"] = keras.metrics.Sum(name="skipped_steps")
         self.term_trackers = {}
         self.consecutive_skips = keras.Variable(
@@ -104,7 +152,29 @@ class Distiller(keras.Model):
 
     @property
     def metrics(self):
-        return list(self.trackers.values()) + list(self.term_trackers.values())
+        return (list(self.trackers.values()) + self.task_metrics
+                + list(self.term_trackers.values()))
+
+    @no_automatic_dependency_tracking
+    def compile(self, optimizer="rmsprop", loss=None, metrics=None, **kwargs):
+        """Keras' compile; `loss` and `metrics` apply to the student's output (see
+        `summed_task_loss` and `task_metrics`), None keeps the defaults. Like Keras'
+        own compiled metrics, they are not tracked as state of the model."""
+        if loss is not None:
+            self.cross_entropy = summed_task_loss(loss)
+        if metrics is not None:
+            self.task_metrics = task_metrics(metrics)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def fit(self, x=None, y=None, batch_size=None, steps_per_epoch=None, **kwargs):
+        """Keras' fit; a distiller made without `steps_in_epoch` takes it from the
+        data (a finite tf.data.Dataset, a PyDataset, or arrays and `batch_size`)."""
+        if self.steps_in_epoch is None or self._derived_steps:
+            steps = steps_per_epoch or _steps_of(x, batch_size)
+            if steps != self.steps_in_epoch:
+                self.steps_in_epoch, self._derived_steps = steps, True
+                self.train_function = None
+        return super().fit(x, y, batch_size=batch_size, steps_per_epoch=steps_per_epoch, **kwargs)
 
     def call(self, images, training=False):
         return self.student(images, training=training)["logits"]
@@ -271,7 +341,8 @@ class Distiller(keras.Model):
         track(self.trackers["kd_loss"], kd)
         track(self.trackers["loss"], ce + wd + kd)
         track(self.trackers["clip_ratio"], clip_ratio)
-        self.trackers["accuracy"].update_state(labels, logits, sample_weight=tf.fill(tf.shape(labels), weight))
+        for metric in self.task_metrics:
+            metric.update_state(labels, logits, sample_weight=tf.fill(tf.shape(labels)[:1], weight))
         for name, value in terms.items():
             track(self.term_trackers[name], value)
 
@@ -281,8 +352,11 @@ class Distiller(keras.Model):
         ce = self.cross_entropy(labels, logits) / tf.cast(tf.shape(labels)[0], tf.float32)
         self.trackers["ce_loss"].update_state(ce)
         self.trackers["loss"].update_state(ce)
-        self.trackers["accuracy"].update_state(labels, logits)
-        return {"loss": self.trackers["loss"].result(), "accuracy": self.trackers["accuracy"].result()}
+        for metric in self.task_metrics:
+            metric.update_state(labels, logits)
+        results = {"loss": self.trackers["loss"].result()}
+        results.update({metric.name: metric.result() for metric in self.task_metrics})
+        return results
 
 
 def _as_float32(outputs):

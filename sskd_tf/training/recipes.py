@@ -1,4 +1,4 @@
-"""The authors' two training recipes (spec section 5)."""
+"""The authors' two training recipes (docs/method.md section 5)."""
 import dataclasses
 
 from sskd_tf.registry import Registry
@@ -32,7 +32,7 @@ RECIPES.register("kd_methods", Recipe(
 # (the commented-out x0.01 branch), so its last 50 epochs do not train; and its
 # gradients are taken of the cross-entropy alone, so the weight decay passed to
 # the network never reaches an update. This recipe decays x0.1 at epochs 100
-# and 150 and applies the weight decay, as the paper and the spec describe.
+# and 150 and applies the weight decay, as the paper and docs/method.md section 5 describe.
 RECIPES.register("eccv2018", Recipe(
     learning_rate=0.01, batch_size=128, epochs=200, lr_decay_points=(0.5, 0.75),
     lr_decay_rate=0.1, weight_decay=1e-4, clip_rule="eccv2018",

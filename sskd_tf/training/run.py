@@ -42,10 +42,15 @@ class RunConfig:
 
     teacher: str = "resnet32"
     student: str = None
+    teacher_taps: tuple = ()
+    student_taps: tuple = ()
     method: str = "svd"
     method_options: dict = dataclasses.field(default_factory=dict)
     dataset: str = datasets.DEFAULT_DATASET
     data_dir: str = None
+    image_size: int = None
+    validation_split: float = 0.2
+    download: bool = True
     recipe: str = "kd_methods"
     epochs: int = None
     batch_size: int = None
@@ -145,7 +150,7 @@ def _check_cached_teacher(config, results_path):
     with open(results_path) as handle:
         cached = json.load(handle)
     wanted = {"student": config.teacher, "dataset": config.dataset, "recipe": config.recipe,
-              "epochs": config.epochs}
+              "epochs": config.epochs, "image_size": config.image_size}
     differences = [f"{name} {cached.get(name)!r} (asked: {value!r})"
                    for name, value in wanted.items() if cached.get(name) != value]
     if differences:
@@ -155,10 +160,13 @@ def _check_cached_teacher(config, results_path):
 
 
 def teacher_weights_path(config):
-    """--teacher_weights, or the teacher trained by the same recipe in
-    train_dir/teacher/ (trained now unless an earlier run finished it there)."""
+    """--teacher_weights, None for a teacher read from a .keras file (it holds its
+    weights), or the teacher trained by the same recipe in train_dir/teacher/
+    (trained now unless an earlier run finished it there)."""
     if config.teacher_weights:
         return config.teacher_weights
+    if config.teacher.endswith(".keras"):
+        return None
     teacher_dir = os.path.join(config.train_dir, "teacher")
     results_path = os.path.join(teacher_dir, RESULTS_FILE)
     if os.path.exists(results_path):
@@ -166,18 +174,39 @@ def teacher_weights_path(config):
         _log(config, f"Reusing the teacher trained in {teacher_dir}")
     else:
         _log(config, f"Training the teacher {config.teacher} first, in {teacher_dir}")
-        train(dataclasses.replace(config, method="none", student=config.teacher, method_options={},
+        train(dataclasses.replace(config, method="none", student=config.teacher,
+                                  student_taps=config.teacher_taps, method_options={},
                                   train_dir=teacher_dir, overwrite=False, teacher_weights=None))
     return os.path.join(teacher_dir, "student.keras")
 
 
-def load_teacher(config, num_classes, weights_path, val_ds):
+def load_teacher(config, num_classes, weights_path, val_ds, image_shape=(32, 32, 3)):
     """The frozen teacher with its weights, and its validation accuracy."""
-    teacher = models.build_model(config.teacher, num_classes)
-    load_teacher_weights(teacher, weights_path)
+    teacher = models.build_model(config.teacher, num_classes, image_shape,
+                                 taps=config.teacher_taps, role="teacher")
+    if weights_path:
+        load_teacher_weights(teacher, weights_path)
     accuracy = evaluate_accuracy(teacher, val_ds)
     _log(config, f"Teacher {config.teacher}: validation accuracy {accuracy:.4f}")
     return teacher, accuracy
+
+
+def run_datasets(config, start_pass=0, skip_steps=0):
+    """(train_ds, val_ds, info) of a run; the training stream starts at batch `skip_steps`
+    of pass `start_pass`."""
+    return datasets.build_datasets(
+        config.dataset, config.data_dir, batch_size=config.batch_size,
+        eval_batch_size=RECIPES.get(config.recipe).eval_batch_size, recipe=config.recipe,
+        seed=config.seed, take_train=config.take_train, take_test=config.take_test,
+        image_size=config.image_size, download=config.download,
+        validation_split=config.validation_split, start_pass=start_pass, skip_steps=skip_steps)
+
+
+def build_student(config, info):
+    """The student network of `config` for the data described by `info`."""
+    return models.build_model(config.student, info.num_classes, info.image_shape,
+                              weight_decay=config.weight_decay, taps=config.student_taps,
+                              role="student")
 
 
 def _check_run_dir(config):
@@ -213,6 +242,7 @@ def _results(config, history_rows, wall_time, teacher_accuracy, total_epochs):
         "teacher": config.teacher if METHODS.get(config.method).needs_teacher else None,
         "student": config.student,
         "dataset": config.dataset,
+        "image_size": config.image_size,
         "recipe": config.recipe,
         "seed": config.seed,
         "epochs": total_epochs,
@@ -235,11 +265,7 @@ def train(config):
     # The stream starts where the checkpoint stopped, so that a resumed run trains on the
     # batches an uninterrupted one would have.
     start_pass, skip_steps = run_callbacks.saved_progress(config.train_dir)
-    train_ds, val_ds, info = datasets.build_datasets(
-        config.dataset, config.data_dir, batch_size=config.batch_size,
-        eval_batch_size=RECIPES.get(config.recipe).eval_batch_size, recipe=config.recipe,
-        seed=config.seed, take_train=config.take_train, take_test=config.take_test,
-        start_pass=start_pass, skip_steps=skip_steps)
+    train_ds, val_ds, info = run_datasets(config, start_pass, skip_steps)
     steps_in_epoch = steps_per_epoch(config.batch_size, info.num_train)
     needs_teacher = METHODS.get(config.method).needs_teacher
     weights_path = teacher_weights_path(config) if needs_teacher else None
@@ -250,10 +276,10 @@ def train(config):
         if jit_advice:
             _log(config, f"Note: {jit_advice}")
         with precision.dtype_policy(config.mixed_precision):
-            teacher, teacher_accuracy = (load_teacher(config, info.num_classes, weights_path, val_ds)
+            teacher, teacher_accuracy = (load_teacher(config, info.num_classes, weights_path, val_ds,
+                                                      info.image_shape)
                                          if needs_teacher else (None, None))
-            student = models.build_model(config.student, info.num_classes,
-                                         weight_decay=config.weight_decay)
+            student = build_student(config, info)
         method.prepare(teacher, train_ds.take(steps_in_epoch))
         distiller = build_distiller(config, method, teacher, student, steps_in_epoch)
     total_epochs = config.epochs + method.init_epochs

@@ -1,0 +1,84 @@
+"""The TensorFlow-free name lists agree with the registries they stand for, and the
+library's layering holds (library modules never import the CLI package flags/)."""
+import ast
+import importlib
+import pathlib
+import subprocess
+import sys
+
+from sskd_tf.data import names as data_names
+from sskd_tf.distill import METHODS
+from sskd_tf.distill import names as distill_names
+from sskd_tf.models import names as model_names
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+# sskd_tf.modes are the command line's modes: they read parsed flags by design.
+CLI_SIDE = ("modes",)
+
+
+def test_method_names_are_the_registry():
+    assert sorted(distill_names.METHOD_NAMES) == METHODS.names()
+
+
+def test_svd_gradients_are_the_ones_the_loss_accepts():
+    import tensorflow as tf
+
+    from sskd_tf.distill.svd import svd_kd_loss
+    maps = [tf.random.stateless_normal([2, 4, 4, 3], [0, tap]) for tap in range(2)]
+    for gradient in distill_names.SVD_GRADIENTS:
+        assert float(svd_kd_loss(maps, maps, gradient=gradient)) >= 0.0
+    try:
+        svd_kd_loss(maps, maps, gradient="other")
+    except ValueError as error:
+        assert all(name in str(error) for name in distill_names.SVD_GRADIENTS)
+    else:
+        raise AssertionError("an unknown gradient was accepted")
+
+
+def test_every_model_family_builds_from_its_module():
+    examples = {"resnet{6n+2}": "resnet8", "wrn{6n+4}_{k}": "wrn10_1"}
+    for pattern in model_names.MODELS.names():
+        family = model_names.MODELS.get(pattern)
+        name = examples.get(pattern, pattern)
+        module, arguments = model_names.parse_model_name(name)
+        assert module == family.module
+        build = importlib.import_module(f"sskd_tf.models.{module}").build
+        model = build(name=name, num_classes=3, input_shape=(32, 32, 3), weight_decay=0.0,
+                      **arguments)
+        assert set(model.output) == {"logits", "features"}
+
+
+def test_dataset_and_recipe_names_are_the_registries():
+    from sskd_tf import data
+    from sskd_tf.data.recipes import AUGMENTATIONS
+    from sskd_tf.training.recipes import RECIPES
+    assert data.DATASETS.names() == sorted(data_names.DATASET_NAMES)
+    assert data.DATASET_KINDS.names() == sorted(data_names.DATASET_KINDS)
+    assert AUGMENTATIONS.names() == sorted(data_names.RECIPES) == RECIPES.names()
+
+
+def _imported_modules(path):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            yield node.module
+
+
+def test_library_modules_never_import_the_cli_flags():
+    offenders = []
+    for path in sorted((REPO / "sskd_tf").rglob("*.py")):
+        if path.relative_to(REPO / "sskd_tf").parts[0] in CLI_SIDE:
+            continue
+        if any(module.split(".")[0] == "flags" for module in _imported_modules(path)):
+            offenders.append(str(path.relative_to(REPO)))
+    assert offenders == []
+
+
+def test_importing_the_package_and_the_name_lists_does_not_load_tensorflow():
+    code = ("import sys, sskd_tf, sskd_tf.distill.names, sskd_tf.models, sskd_tf.data; "
+            "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
+    completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                               text=True, timeout=120, check=True)
+    assert completed.stdout.split() == ["False", "False"]
