@@ -74,7 +74,8 @@ def run_datasets(config):
     return datasets.build_datasets(
         config.dataset, config.data_dir, batch_size=config.batch_size,
         eval_batch_size=RECIPES.get(config.recipe).eval_batch_size, recipe=config.recipe,
-        seed=config.seed, take_train=config.take_train, take_test=config.take_test)
+        seed=config.seed, take_train=config.take_train, take_test=config.take_test,
+        download=config.download)
 
 
 class DistillerHyperModel(kt.HyperModel):

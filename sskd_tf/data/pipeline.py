@@ -22,16 +22,18 @@ from sskd_tf.data.recipes import AUGMENTATIONS, normalize
 
 
 def build_datasets(name, data_dir=None, batch_size=128, eval_batch_size=200,
-                   recipe=DEFAULT_RECIPE, seed=0, take_train=None, take_test=None):
+                   recipe=DEFAULT_RECIPE, seed=0, take_train=None, take_test=None,
+                   download=False):
     """Returns (train_ds, val_ds, info) for dataset `name`.
 
     Both datasets yield (float32 normalised images [B, 32, 32, 3], int64 labels [B]). train_ds
     reshuffles and re-augments on every pass, each pass and each batch fixed by `seed`;
     val_ds is the test split, normalised, in order. `take_train` / `take_test` keep only the
     first N examples of a split; `info` then counts the examples the datasets really hold.
+    `download`: a missing dataset may be fetched (see `load_arrays`).
     """
     augment = AUGMENTATIONS.get(recipe)
-    train_images, train_labels, test_images, test_labels = load_arrays(name, data_dir)
+    train_images, train_labels, test_images, test_labels = load_arrays(name, data_dir, download)
     train_images, train_labels = train_images[:take_train], train_labels[:take_train]
     test_images, test_labels = test_images[:take_test], test_labels[:take_test]
     if not len(train_labels) or not len(test_labels):

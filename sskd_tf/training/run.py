@@ -37,7 +37,7 @@ RESULTS_FILE = "results.json"
 @dataclasses.dataclass
 class RunConfig:
     """Everything a run needs; None fields take the dataset's run_defaults, then
-    the recipe's values."""
+    the recipe's values. download: a missing dataset may be fetched (main.py's default)."""
 
     teacher: str = "resnet32"
     student: str = None
@@ -62,6 +62,7 @@ class RunConfig:
     overwrite: bool = False
     take_train: int = None
     take_test: int = None
+    download: bool = False
     verbose: int = 1
 
     def resolved(self):
@@ -233,7 +234,8 @@ def train(config):
     train_ds, val_ds, info = datasets.build_datasets(
         config.dataset, config.data_dir, batch_size=config.batch_size,
         eval_batch_size=RECIPES.get(config.recipe).eval_batch_size, recipe=config.recipe,
-        seed=config.seed, take_train=config.take_train, take_test=config.take_test)
+        seed=config.seed, take_train=config.take_train, take_test=config.take_test,
+        download=config.download)
     steps_in_epoch = steps_per_epoch(config.batch_size, info.num_train)
     needs_teacher = METHODS.get(config.method).needs_teacher
     weights_path = teacher_weights_path(config) if needs_teacher else None
