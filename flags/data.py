@@ -1,4 +1,4 @@
-"""Dataset flags (--dataset, --data_dir)."""
+"""Dataset flags (--dataset, --data_dir, --no_download)."""
 import os
 
 from absl import flags
@@ -7,7 +7,7 @@ from sskd_tf.data.names import DATASET_KINDS, DATASET_NAMES, DEFAULT_DATASET, is
 
 flags.DEFINE_string("dataset", DEFAULT_DATASET,
                     "cifar100 / cifar10: from --data_dir, else from a prepared TFDS copy or the "
-                    "Keras cache (nothing is downloaded); digits: 8x8 handwritten digits bundled "
+                    "Keras cache, else downloaded and prepared once by TFDS (see --no_download); digits: 8x8 handwritten digits bundled "
                     "with the repo, for offline runs; tfds:<name>: a TFDS image classification "
                     "dataset (its TFDS data dir: --data_dir); folder:<dir>: one subfolder of "
                     "images per class (train/ and test/ subfolders, else --validation_split).")
@@ -27,6 +27,9 @@ flags.DEFINE_string("data_dir", None,
                     "extracted folder, or a directory holding either.")
 flags.register_validator("data_dir", lambda path: path is None or os.path.exists(path),
                          message="no such file or directory")
+flags.DEFINE_bool("no_download", False,
+                  "Never fetch CIFAR: without --data_dir, read only a prepared TFDS copy or the "
+                  "Keras cache (an explicit --data_dir is never downloaded into).")
 flags.DEFINE_integer("take_train", None,
                      "Keep only the first N training examples (quick checks, tests).", lower_bound=1)
 flags.DEFINE_integer("take_test", None, "Keep only the first N test examples.", lower_bound=1)

@@ -85,6 +85,16 @@ def test_the_tables_hold_one_row_per_method(compared):
         assert handle.read(8) == PNG_MAGIC
 
 
+def test_a_verbose_comparison_ends_by_printing_its_table(compared, capsys):
+    base, _ = compared
+    compare_mode.compare(dataclasses.replace(base, verbose=1), METHODS, seeds=2)
+    printed = capsys.readouterr().out
+    with open(os.path.join(base.train_dir, "compare", "results.md")) as handle:
+        table = handle.read()
+    assert "| none | 2 |" in table and printed.endswith(table)
+    assert printed.count("Reusing the finished run") == 4
+
+
 def test_a_rerun_reuses_finished_runs_and_trains_the_missing_one(compared):
     base, rows = compared
     missing = os.path.join(base.train_dir, "compare", "svd", "seed1")

@@ -14,6 +14,7 @@ import tensorflow as tf
 
 from sskd_tf import data
 from sskd_tf.data import recipes
+from sskd_tf.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -142,16 +143,14 @@ def _cifar100_binary(images, fine_labels):
                     for row, label in zip(map(bytes, _cifar_rows(images)), fine_labels))
 
 
-def test_prepared_tfds_copy_is_read(tmp_path, monkeypatch):
-    """Prepares a real TFDS cifar100 from fake source files, then loads it through our code."""
-    import tensorflow_datasets as tfds
-
+def _fake_cifar100_source(tmp_path, monkeypatch, seed=3):
+    """TFDS's cifar100 source files, written in `tmp_path/source`; returns the arrays in them."""
     try:
         importlib.import_module("importlib_resources")
     except ImportError:  # TFDS 4.9.10 needs it but does not declare it (tensorflow/datasets#11212)
         monkeypatch.setitem(sys.modules, "importlib_resources", importlib.import_module(
             "importlib.resources"))
-    rng = np.random.default_rng(3)
+    rng = np.random.default_rng(seed)
     train, test = _random_images(rng, 7), _random_images(rng, 3)
     train_labels, test_labels = rng.permutation(100)[:7], rng.permutation(100)[:3]
     source = tmp_path / "source" / "cifar-100-binary"
@@ -160,14 +159,12 @@ def test_prepared_tfds_copy_is_read(tmp_path, monkeypatch):
     (source / "test.bin").write_bytes(_cifar100_binary(test, test_labels))
     (source / "coarse_label_names.txt").write_text("\n".join(f"c{i}" for i in range(20)))
     (source / "fine_label_names.txt").write_text("\n".join(f"f{i}" for i in range(100)))
-    tfds_dir = tmp_path / "tfds"
-    builder = tfds.builder("cifar100", data_dir=str(tfds_dir))
-    with mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
-                           return_value=str(tmp_path / "source")):
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-            compute_stats=tfds.download.ComputeStatsMode.SKIP))
+    return train, train_labels, test, test_labels
 
-    loaded = data.load_arrays("cifar100", data_dir=str(tfds_dir))
+
+def _assert_same_examples(loaded, expected):
+    """TFDS reorders examples when it prepares them: compare them by their (unique) labels."""
+    train, train_labels, test, test_labels = expected
     for got_images, got_labels, images, labels in ((*loaded[:2], train, train_labels),
                                                    (*loaded[2:], test, test_labels)):
         assert sorted(got_labels) == sorted(labels)
@@ -176,17 +173,144 @@ def test_prepared_tfds_copy_is_read(tmp_path, monkeypatch):
             np.testing.assert_array_equal(image, by_label[label])
 
 
-def test_missing_cifar_fails_at_once_naming_the_ways_out(tmp_path):
+def test_prepared_tfds_copy_is_read(tmp_path, monkeypatch):
+    """Prepares a real TFDS cifar100 from fake source files, then loads it through our code."""
+    import tensorflow_datasets as tfds
+
+    expected = _fake_cifar100_source(tmp_path, monkeypatch)
+    tfds_dir = tmp_path / "tfds"
+    builder = tfds.builder("cifar100", data_dir=str(tfds_dir))
+    with mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
+                           return_value=str(tmp_path / "source")):
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            compute_stats=tfds.download.ComputeStatsMode.SKIP))
+
+    _assert_same_examples(data.load_arrays("cifar100", data_dir=str(tfds_dir)), expected)
+
+
+def test_missing_cifar_is_downloaded_and_prepared_in_the_tfds_dir(tmp_path, monkeypatch):
+    """TFDS's own download_and_prepare runs; only its fetch of the archive is replaced."""
+    import tensorflow_datasets as tfds
+
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    expected = _fake_cifar100_source(tmp_path, monkeypatch)
+    probed = []
+    monkeypatch.setattr(data.cifar, "probe_url", probed.append)
+    with mock.patch.object(tfds.download.DownloadManager, "download_and_extract",
+                           return_value=str(tmp_path / "source")) as fetch:
+        _assert_same_examples(data.load_arrays("cifar100", download=True), expected)
+    assert probed == ["https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz"]
+    assert fetch.call_count == 1
+    assert tfds.builder("cifar100", data_dir=str(tmp_path / "tfds")).is_prepared()
+    with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare",
+                           side_effect=AssertionError("must not download again")):
+        _assert_same_examples(data.load_arrays("cifar100", download=True), expected)
+
+
+def test_probe_answers_gives_up_at_its_deadline_and_reports_refusals(monkeypatch):
+    import http.server
+    import socket
+    import threading
+
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                 "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.SimpleHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        data.cifar.probe_url(f"http://127.0.0.1:{server.server_port}/", timeout=30)
+    finally:
+        server.shutdown()
+        server.server_close()
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        free_port = unused.getsockname()[1]
+    with pytest.raises(OSError, match="refused"):
+        data.cifar.probe_url(f"http://127.0.0.1:{free_port}/", timeout=30)
+    never = threading.Event()
+    monkeypatch.setattr(data.cifar.urllib.request, "urlopen", lambda *_, **__: never.wait())
+    with pytest.raises(TimeoutError, match="no answer within 0.2 s"):
+        data.cifar.probe_url("https://cifar.invalid/archive.tar.gz", timeout=0.2)
+
+
+def test_missing_cifar_with_data_dir_fails_at_once_naming_the_ways_out(tmp_path):
     import tensorflow_datasets as tfds
 
     with mock.patch.object(tfds.core.DatasetBuilder, "download_and_prepare",
                            side_effect=AssertionError("must not download")):
-        with pytest.raises(ValueError) as raised:
-            data.load_arrays("cifar100", data_dir=str(tmp_path))
+        with pytest.raises(UserError) as raised:
+            data.load_arrays("cifar100", data_dir=str(tmp_path), download=True)
     message = str(raised.value)
     assert "\n" not in message
-    assert "no network" in message and "--dataset=digits" in message
-    assert "--data_dir" in message and "cifar-100-python.tar.gz" in message
+    assert f"--data_dir={tmp_path}" in message and "--dataset=digits" in message
+    assert "nothing is downloaded" in message and "cifar-100-python.tar.gz" in message
+
+
+# Runs main.py in a fresh interpreter after replacing the network calls of the download with
+# `patches` (Python lines run first); TFDS and Keras look only under the test's directory.
+_MAIN_WITH_PATCHES = """
+import runpy, sys, threading
+from unittest import mock
+import tensorflow_datasets as tfds
+from sskd_tf.data import cifar
+{patches}
+sys.argv = ["main.py"] + sys.argv[1:]
+runpy.run_path("main.py", run_name="__main__")
+"""
+
+
+def _run_main_with(tmp_path, patches, *argv):
+    env = dict(os.environ, TFDS_DATA_DIR=str(tmp_path / "tfds"),
+               KERAS_HOME=str(tmp_path / "keras"))
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    script = _MAIN_WITH_PATCHES.format(patches=patches)
+    return subprocess.run([sys.executable, "-c", script, *argv], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _assert_one_line_usage_error(completed):
+    assert completed.returncode == 2, completed.stderr[-3000:]
+    assert completed.stderr.count("\n") == 1, completed.stderr[-3000:]
+    assert completed.stderr.startswith("main.py: error: ")
+    return completed.stderr.strip()
+
+
+_CIFAR_RUN = ("--dataset=cifar100", "--teacher=resnet8", "--mode=train")
+
+
+def test_download_that_never_answers_ends_with_one_line_at_the_probe_deadline(tmp_path):
+    patches = ("cifar.PROBE_TIMEOUT_S = 0.5\n"
+               "cifar.urllib.request.urlopen = lambda *_, **__: threading.Event().wait()\n"
+               "mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare', "
+               "side_effect=AssertionError('must not start the download')).start()")
+    line = _assert_one_line_usage_error(
+        _run_main_with(tmp_path, patches, *_CIFAR_RUN, f"--train_dir={tmp_path / 'run'}"))
+    assert "cifar100 data not found and its download failed" in line
+    assert "https://www.cs.toronto.edu/~kriz/cifar-100-binary.tar.gz" in line
+    assert "TimeoutError: no answer within 0.5 s" in line
+    assert "--data_dir=DIR" in line and "--dataset=digits" in line
+
+
+def test_failed_download_ends_with_the_first_line_of_its_error(tmp_path):
+    patches = ("cifar.probe_url = lambda url: None\n"
+               "mock.patch.object(tfds.download.DownloadManager, 'download_and_extract', "
+               "side_effect=tfds.download.DownloadError("
+               "'Failed to get url x. HTTP code: 503.\\nsecond line')).start()")
+    line = _assert_one_line_usage_error(
+        _run_main_with(tmp_path, patches, *_CIFAR_RUN, f"--train_dir={tmp_path / 'run'}"))
+    assert "DownloadError: Failed to get url x. HTTP code: 503.;" in line
+    assert "second line" not in line and "--dataset=digits" in line
+    assert not (tmp_path / "tfds" / "cifar100" / "3.0.2").exists()
+
+
+def test_no_download_never_calls_the_download(tmp_path):
+    patches = ("cifar.probe_url = mock.Mock(side_effect=AssertionError('must not probe'))\n"
+               "mock.patch.object(tfds.core.DatasetBuilder, 'download_and_prepare', "
+               "side_effect=AssertionError('must not download')).start()")
+    line = _assert_one_line_usage_error(_run_main_with(
+        tmp_path, patches, *_CIFAR_RUN, "--no_download", f"--train_dir={tmp_path / 'run'}"))
+    assert "--no_download forbids fetching it" in line and "--dataset=digits" in line
 
 
 def test_digits_shapes_classes_and_fixed_split():

@@ -28,14 +28,15 @@ class DatasetInfo:
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSource:
-    """A dataset: its info and `load(data_dir)` returning the four arrays.
+    """A dataset: its info and `load(data_dir, download)` returning the four arrays
+    (`download`: whether a missing dataset may be fetched over the network).
 
     normalization: "cifar" (the recipes' constants, data/recipes.py) or "computed"
     (per-channel statistics of the training split, `pipeline.normalization`).
     """
 
     info: DatasetInfo
-    load: Callable[[Optional[str]], tuple]
+    load: Callable[[Optional[str], bool], tuple]
     normalization: str = "cifar"
 
 
@@ -60,18 +61,19 @@ def get_dataset_info(name, **options):
     return source_of(name, **options).info
 
 
-def load_arrays(name, data_dir=None):
+def load_arrays(name, data_dir=None, download=False):
     """Loads a dataset as (train_images, train_labels, test_images, test_labels).
 
     Images are uint8 [N, 32, 32, 3] (RGB, channels last), labels int64 [N]. Each dataset's
-    module says where it looks for data; a missing dataset raises a one-line ValueError.
+    module says where it looks for data, and, with `download`, where it fetches missing data
+    from; a dataset neither found nor fetched raises a one-line UserError (a ValueError).
     """
-    return read_arrays(source_of(name), data_dir)
+    return read_arrays(source_of(name), data_dir, download)
 
 
-def read_arrays(source, data_dir=None):
+def read_arrays(source, data_dir=None, download=False):
     """`load_arrays` of a DatasetSource."""
-    arrays = source.load(data_dir)
+    arrays = source.load(data_dir, download)
     _check_arrays(source.info, arrays)
     train_images, train_labels, test_images, test_labels = arrays
     return (train_images, train_labels.astype(np.int64), test_images,

@@ -6,16 +6,21 @@ Where the data is looked for, first hit wins:
   `cifar-10-batches-py/` folder, then the `cifar-100-python.tar.gz` / `cifar-10-python.tar.gz`
   archive; `data_dir` may also be that folder or that archive itself), then a TFDS copy prepared
   under `data_dir` used as the TFDS data dir (`<data_dir>/cifar100/3.0.2/...`). Nothing outside
-  `data_dir` is looked at: an explicit path never silently falls back to other data.
+  `data_dir` is looked at and nothing is downloaded: an explicit path never silently falls back
+  to other data.
 * without: a TFDS copy prepared in TFDS's default data dir (`$TFDS_DATA_DIR`, else
   `~/tensorflow_datasets`), then the python copy in the Keras cache (`$KERAS_HOME`, else
   `~/.keras`, under `datasets/` or `datasets/<folder>-target/`), where
   `keras.datasets.cifar100.load_data`, which the authors' `dataloader.py`
-  (KD_methods_with_TF) calls, leaves it.
+  (KD_methods_with_TF) calls, leaves it. Failing both, and only when asked (`download=True`;
+  main.py asks unless `--no_download`), TFDS downloads the dataset from the address in its
+  checksums (not its GCS mirror) and prepares it in its default data dir, with its own
+  progress bars; later runs read that copy.
 
-Nothing is ever downloaded: TFDS is only asked whether its copy is prepared
-(`builder.is_prepared()`), never to `download_and_prepare`, so an offline run fails at once
-with one line naming `--data_dir` and `--dataset=digits` instead of hanging on the network.
+The download cannot hang on a machine without network: the address is first asked for its
+headers with a `PROBE_TIMEOUT_S` deadline that covers the name lookup too, and a failure
+there or in TFDS's download ends with one line naming what was tried and why it failed. (TFDS
+sets no timeout on the transfer itself; once it has started, its progress bar shows it.)
 TFDS shuffles examples when it prepares a dataset, so its order differs from the archive's;
 both orders are fixed, but `take_train` picks different images from the two sources.
 
@@ -26,12 +31,19 @@ import dataclasses
 import functools
 import os
 import pickle
+import queue
 import tarfile
+import threading
+import urllib.request
 from typing import Tuple
 
 import numpy as np
 
 from sskd_tf.data.catalog import DATASETS, IMAGE_SHAPE, DatasetInfo, DatasetSource
+from sskd_tf.errors import UserError
+
+# Seconds the download address has to answer before a download is given up.
+PROBE_TIMEOUT_S = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,21 +142,92 @@ def find_python_copy(path, layout):
     return None
 
 
-def find_tfds_copy(name, data_dir):
-    """Reads the TFDS copy prepared under `data_dir` (None: TFDS's default); None if unprepared."""
-    if data_dir is not None and not os.path.isdir(os.path.join(data_dir, name)):
-        return None
-    import tensorflow_datasets as tfds  # imported on use: it is slow and pulls in TensorFlow
+def default_tfds_dir():
+    """TFDS's default data dir, as TFDS reads it: `$TFDS_DATA_DIR`, else `~/tensorflow_datasets`."""
+    return os.environ.get("TFDS_DATA_DIR") or os.path.join(
+        os.path.expanduser("~"), "tensorflow_datasets")
 
-    builder = tfds.builder(name, data_dir=data_dir)
-    if not builder.is_prepared():
-        return None
+
+def _read_prepared(builder):
+    import tensorflow_datasets as tfds
+
     arrays = []
     for split in ("train", "test"):
         images, labels = tfds.as_numpy(
             builder.as_dataset(split=split, batch_size=-1, as_supervised=True))
         arrays += [images, labels]
     return tuple(arrays)
+
+
+def find_tfds_copy(name, data_dir):
+    """Reads the TFDS copy prepared under `data_dir`; None if unprepared."""
+    if not os.path.isdir(os.path.join(data_dir, name)):
+        return None
+    import tensorflow_datasets as tfds  # imported on use: it is slow and pulls in TensorFlow
+
+    builder = tfds.builder(name, data_dir=data_dir)
+    return _read_prepared(builder) if builder.is_prepared() else None
+
+
+def probe_url(url, timeout=None):
+    """Raises OSError unless `url` answers a HEAD request within `timeout` seconds
+    (default `PROBE_TIMEOUT_S`).
+
+    urllib's timeout does not cover the name lookup, so the request runs in a daemon thread
+    that is abandoned at the deadline. Like TFDS's download, it honours the *_proxy variables.
+    """
+    timeout = PROBE_TIMEOUT_S if timeout is None else timeout
+    outcome = queue.Queue(maxsize=1)
+
+    def request():
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"),
+                                        timeout=timeout):
+                outcome.put(None)
+        except Exception as error:  # noqa: BLE001  (handed to the waiting thread, raised there)
+            outcome.put(error)
+
+    threading.Thread(target=request, name=f"probe {url}", daemon=True).start()
+    try:
+        error = outcome.get(timeout=timeout)
+    except queue.Empty:
+        raise TimeoutError(f"no answer within {timeout:g} s") from None
+    if error is not None:
+        raise error
+
+
+def _first_line(error):
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def download_tfds_copy(name, tfds_dir):
+    """Downloads and prepares `name` in `tfds_dir` with TFDS, then reads it; a failure of the
+    network or the download raises a one-line UserError."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.download import download_manager
+
+    builder = tfds.builder(name, data_dir=tfds_dir)
+    urls = sorted(builder.url_infos or {})
+    size_mib = sum(info.size for info in (builder.url_infos or {}).values()) / 2**20
+    print(f"Downloading {name} ({size_mib:.0f} MiB) from {', '.join(urls)} with TFDS, to "
+          f"prepare it once in {tfds_dir}", flush=True)
+    # What a network failure raises: socket and HTTP errors (requests' are OSErrors too),
+    # TFDS's failed-status error and its checksum mismatch (a truncated or altered archive).
+    failures = (OSError, tfds.download.DownloadError, download_manager.NonMatchingChecksumError)
+    try:
+        for url in urls:
+            probe_url(url)
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    except failures as error:
+        raise UserError(
+            f"{name} data not found and its download failed: tried TFDS's download of "
+            f"{', '.join(urls)} into {tfds_dir}: {_first_line(error)}; pass --data_dir=DIR "
+            f"holding {LAYOUTS[name].archive} or a TFDS data dir with {name} prepared, or use "
+            "--dataset=digits (bundled with the repo)") from None
+    print(f"{name} is prepared in {builder.data_dir}; later runs read it from there", flush=True)
+    return _read_prepared(builder)
 
 
 def keras_cache_dirs(layout):
@@ -154,25 +237,33 @@ def keras_cache_dirs(layout):
     return [datasets_dir, os.path.join(datasets_dir, f"{layout.folder}-target")]
 
 
-def load_cifar(name, data_dir):
-    """The four arrays of `name`, found as the module docstring says, or a one-line ValueError."""
+def load_cifar(name, data_dir, download=False):
+    """The four arrays of `name`, found (or downloaded) as the module docstring says; else a
+    one-line UserError."""
     layout = LAYOUTS[name]
     if data_dir is not None:
         finders = [functools.partial(find_python_copy, data_dir, layout),
                    functools.partial(find_tfds_copy, name, data_dir)]
-        searched = f"--data_dir={data_dir}"
     else:
-        finders = [functools.partial(find_tfds_copy, name, None)]
+        finders = [functools.partial(find_tfds_copy, name, default_tfds_dir())]
         finders += [functools.partial(find_python_copy, cache_dir, layout)
                     for cache_dir in keras_cache_dirs(layout)]
-        searched = "the default TFDS data dir or the Keras cache"
     arrays = next((found for found in (find() for find in finders) if found is not None), None)
-    if arrays is None:
-        raise ValueError(
-            f"{name} data not found in {searched} and it cannot be downloaded here (no network): "
-            f"pass --data_dir=DIR holding {layout.archive}, its extracted {layout.folder}/ or a "
-            f"TFDS data dir with {name} prepared, or use --dataset=digits (bundled with the repo)")
-    return arrays
+    if arrays is not None:
+        return arrays
+    if data_dir is not None:
+        raise UserError(
+            f"{name} data not found in --data_dir={data_dir} (nothing is downloaded into an "
+            f"explicit --data_dir): it must hold {layout.archive}, its extracted {layout.folder}/ "
+            f"or a TFDS data dir with {name} prepared; or leave --data_dir out to download "
+            "it, or use --dataset=digits (bundled with the repo)")
+    if not download:
+        raise UserError(
+            f"{name} data not found in the TFDS data dir {default_tfds_dir()} or the Keras cache, "
+            f"and --no_download forbids fetching it: drop --no_download, pass --data_dir=DIR "
+            f"holding {layout.archive} or a TFDS data dir with {name} prepared, or use "
+            "--dataset=digits (bundled with the repo)")
+    return download_tfds_copy(name, default_tfds_dir())
 
 
 DATASETS.register("cifar100", DatasetSource(

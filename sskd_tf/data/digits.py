@@ -34,9 +34,9 @@ def to_cifar_shape(images):
     return np.ascontiguousarray(np.repeat(upscaled[..., None], IMAGE_SHAPE[2], axis=3))
 
 
-def load_digits(data_dir=None):
-    """The four arrays of the bundled digits; `data_dir` is not used."""
-    del data_dir
+def load_digits(data_dir=None, download=False):
+    """The four arrays of the bundled digits; `data_dir` and `download` are not used."""
+    del data_dir, download
     with np.load(NPZ_PATH) as bundle:
         images, labels = to_cifar_shape(bundle["images"]), bundle["labels"].astype(np.int64)
         train, test = bundle["train_indices"], bundle["test_indices"]

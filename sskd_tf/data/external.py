@@ -95,7 +95,7 @@ def tfds_source(name, data_dir=None, image_size=None, download=True, validation_
     size = image_size or image_shape[0]
     splits = set(builder.info.splits) or {"train", "test"}
 
-    def load(_data_dir=None):
+    def load(_data_dir=None, _download=False):
         if not builder.is_prepared():
             if not download:
                 raise UserError(f"tfds:{name} is not prepared in {builder.data_dir} and "
@@ -162,7 +162,7 @@ def folder_source(directory, data_dir=None, image_size=None, download=True,
             image_size=(size, size), batch_size=None, shuffle=False, verbose=False)
         return _stack(dataset)
 
-    def load(_data_dir=None):
+    def load(_data_dir=None, _download=False):
         if presplit:
             return (*read(split_dirs[0]), *read(split_dirs[1]))
         return _hold_out(*read(directory), validation_split, seed)

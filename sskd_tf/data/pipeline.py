@@ -46,7 +46,7 @@ def build_datasets(name, data_dir=None, batch_size=128, eval_batch_size=200,
     augment = AUGMENTATIONS.get(recipe)
     source = source_of(name, data_dir=data_dir, image_size=image_size, download=download,
                        validation_split=validation_split, seed=seed)
-    train_images, train_labels, test_images, test_labels = read_arrays(source, data_dir)
+    train_images, train_labels, test_images, test_labels = read_arrays(source, data_dir, download)
     train_images, test_images = resize(train_images, image_size), resize(test_images, image_size)
     mean, std = normalization(source, name, data_dir, train_images)
     train_images, train_labels = train_images[:take_train], train_labels[:take_train]

@@ -55,7 +55,8 @@ def run(flag_values):
 
 def compare(base, methods, seeds, options=None):
     """Train `methods` x `seeds` seeds (base.seed, base.seed + 1, ...) like `base`, with
-    one teacher, reusing finished runs; write the results and return the summary rows.
+    one teacher, reusing finished runs; write (and, verbose, print) the results and return
+    the summary rows.
     options: {method: method_options}; a method missing from it takes base.method_options."""
     root = os.path.join(base.train_dir, COMPARE_DIR)
     configs = {method: [run_config(base, root, method, seed, (options or {}).get(method))
@@ -72,6 +73,8 @@ def compare(base, methods, seeds, options=None):
     exits = {method: exit_summary([evaluate_exits(c) for c in configs[method]])
              for method in methods if hasattr(METHODS.get(method), "exit_logits")}
     write_outputs(root, base, rows, results, exits)
+    if base.verbose:
+        print(f"\n{markdown(base, rows, results, exits)}", end="", flush=True)
     return rows
 
 

@@ -34,6 +34,7 @@ def config_from_flags(flag_values, **overrides):
         method=flag_values.method,
         method_options=method_options(flag_values, flag_values.method),
         lr_decay_points=decay_points(flag_values.lr_decay_points),
+        download=not flag_values.no_download,
     )
     fields.update(overrides)
     return RunConfig(**fields)

@@ -38,7 +38,8 @@ RESULTS_FILE = "results.json"
 @dataclasses.dataclass
 class RunConfig:
     """Everything a run needs; None fields take the dataset's run_defaults, then
-    the recipe's values."""
+    the recipe's values. download: a missing dataset may be fetched (main.py's default;
+    False here)."""
 
     teacher: str = "resnet32"
     student: str = None
@@ -50,7 +51,7 @@ class RunConfig:
     data_dir: str = None
     image_size: int = None
     validation_split: float = 0.2
-    download: bool = True
+    download: bool = False
     recipe: str = "kd_methods"
     epochs: int = None
     batch_size: int = None
