@@ -9,6 +9,7 @@ _SAME_NAME_FIELDS = (
     "teacher", "dataset", "data_dir", "recipe", "epochs", "batch_size", "learning_rate",
     "lr_decay_rate", "weight_decay", "train_dir", "teacher_weights", "seed", "strategy", "jit",
     "deterministic", "max_consecutive_skips", "overwrite", "take_train", "take_test",
+    "optimizer", "keras_batch_norm",
 )
 
 
