@@ -1,4 +1,4 @@
-"""Model flags (--teacher, --student)."""
+"""Model flags (--teacher, --student, --keras_batch_norm)."""
 from absl import flags
 
 from sskd_tf.models import names
@@ -7,6 +7,10 @@ flags.DEFINE_string("teacher", "resnet32", f"Teacher network, one of: {names.cho
 flags.DEFINE_string("student", "",
                     "Student network (same choices as --teacher); empty picks the teacher's "
                     "student: resnet* -> resnet8, wrn* -> wrn16_4, X_teacher -> X_student.")
+
+flags.DEFINE_bool("keras_batch_norm", False,
+                  "Keras' BN update (biased moving variance) in ResNet, MobileNet and ResNeXt "
+                  "instead of the authors' slim one (Bessel-corrected, n/(n-1)).")
 
 flags.register_validator("teacher", names.is_model_name,
                          message=f"unknown model; choose one of: {names.choices()}")

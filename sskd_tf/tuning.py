@@ -95,7 +95,8 @@ class DistillerHyperModel(kt.HyperModel):
                    **METHODS.get(self.config.method).search_space(hp)}
         method = build_method(self.config.method, **options)
         student = models.build_model(self.config.student, self.info.num_classes,
-                                     weight_decay=self.config.weight_decay)
+                                     weight_decay=self.config.weight_decay,
+                                     keras_batch_norm=self.config.keras_batch_norm)
         method.prepare(self.teacher, run_datasets(self.config)[0])
         return build_distiller(self.config, method, self.teacher, student, self.steps_in_epoch)
 

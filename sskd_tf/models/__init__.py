@@ -21,15 +21,21 @@ _LAZY_ATTRIBUTES = {
 }
 
 
-def build_model(name, num_classes, input_shape=(32, 32, 3), weight_decay=0.0):
+def build_model(name, num_classes, input_shape=(32, 32, 3), weight_decay=0.0,
+                keras_batch_norm=False):
     """Build the network `name` (e.g. `resnet32`, `wrn16_4`, `vgg_teacher`).
 
     weight_decay > 0 attaches `keras.regularizers.L2(weight_decay / 2)` to the variables
     the authors decay for that family, so that `sum(model.losses)` equals their
     `weight_decay * sum(w ** 2) / 2`; 0 attaches none.
+    Each family's `BATCH_NORM` is the BN layer of the authors' code (ResNet, MobileNet,
+    ResNeXt: slim's, with a Bessel-corrected moving variance; WRN: Keras'); with
+    keras_batch_norm every BN layer is Keras' own (biased moving variance).
     """
     module, arguments = parse_model_name(name)
     family = importlib.import_module(f"sskd_tf.models.{module}")
+    if keras_batch_norm and family.BATCH_NORM is not None:
+        arguments["batch_norm"] = importlib.import_module("keras").layers.BatchNormalization
     return family.build(name=name, num_classes=num_classes, input_shape=tuple(input_shape),
                         weight_decay=weight_decay, **arguments)
 
