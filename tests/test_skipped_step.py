@@ -8,6 +8,7 @@ import sys
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from sskd_tf import models
@@ -29,16 +30,16 @@ def _batch(poison):
     return tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
 
 
-def skipped_step_report(strategy):
+def skipped_step_report(strategy, jit=False):
     """One finite step, then one with a NaN image: which variables each step changed
-    (every replica's copy compared, bit for bit)."""
+    (every replica's copy compared, bit for bit), with the step XLA-compiled if `jit`."""
     with strategy.scope():
         keras.utils.set_random_seed(0)
         student = models.build_model("resnet8", 3, input_shape=SHAPE, weight_decay=5e-4)
         method = build_method("self_distill")  # its own BN layers: state of the method
         distiller = Distiller(student, method, None, steps_in_epoch=10)
         distiller.build((None,) + SHAPE)
-        distiller.compile(optimizer=TF1Momentum(0.1))
+        distiller.compile(optimizer=TF1Momentum(0.1), jit_compile=jit)
         distiller.optimizer.build(distiller.trainable_variables)
     tracked = {f"student/{v.path}": v for v in student.variables}
     tracked.update({f"method/{v.path}": v for v in method.variables})
@@ -76,8 +77,9 @@ def _check(report):
     assert report["skipped"] == 1.0
 
 
-def test_a_skipped_step_leaves_every_variable_bit_identical_on_one_device():
-    _check(skipped_step_report(tf.distribute.get_strategy()))
+@pytest.mark.parametrize("jit", [False, True])
+def test_a_skipped_step_leaves_every_variable_bit_identical_on_one_device(jit):
+    _check(skipped_step_report(tf.distribute.get_strategy(), jit))
 
 
 MIRRORED_SCRIPT = """
