@@ -1,4 +1,4 @@
-"""Model flags (--teacher, --student)."""
+"""Model flags (--teacher, --student, --keras_batch_norm)."""
 from absl import flags
 
 from sskd_tf.models import names
@@ -13,6 +13,9 @@ flags.DEFINE_list("teacher_taps", [],
                   "(in order); required for a .keras or keras: teacher, replaces a built-in "
                   "network's own taps.")
 flags.DEFINE_list("student_taps", [], "The student's layer names, paired with --teacher_taps.")
+flags.DEFINE_bool("keras_batch_norm", False,
+                  "Keras' BN update (biased moving variance) in ResNet, MobileNet and ResNeXt "
+                  "instead of the authors' slim one (Bessel-corrected, n/(n-1)).")
 
 flags.register_validator("teacher", names.is_model_name,
                          message=f"unknown model; choose one of: {names.choices()}")

@@ -2,7 +2,7 @@
 unset take the recipe's value (docs/method.md section 5)."""
 from absl import flags
 
-from sskd_tf.training.recipes import RECIPES
+from sskd_tf.training.recipes import OPTIMIZER_NAMES, RECIPES
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -17,6 +17,10 @@ flags.DEFINE_list("lr_decay_points", None,
 flags.DEFINE_float("lr_decay_rate", None, "Learning-rate factor at each decay point (recipe: 0.1).",
                    lower_bound=0.0)
 flags.DEFINE_float("weight_decay", None, "L2 weight decay (recipe: 5e-4 / 1e-4).", lower_bound=0.0)
+flags.DEFINE_enum("optimizer", None, OPTIMIZER_NAMES,
+                  "tf1_momentum (recipe): TF1's MomentumOptimizer with Nesterov, whose momentum "
+                  "accumulates gradients; keras_sgd: Keras' SGD, whose velocity carries the old "
+                  "learning rate for ~10 steps after each decay.")
 flags.DEFINE_string("teacher_weights", None,
                     "Teacher weights (.keras, .weights.h5 or the authors' .mat); "
                     "without it the teacher is trained first in train_dir/teacher/.")

@@ -131,7 +131,7 @@ class Distiller(training.Distiller):
     or 1 - kd_weight for soft logits).
     gradient_rule: "clip" (the authors' clipped multi-task update, docs/method.md
     section 5; the SVD family's default) or "sum"; None takes the losses' own.
-    clip_rule: "kd_methods" (default) or "eccv2018", see `training.distiller.clip_scales`.
+    clip_rule: "kd_methods" (default) or "eccv2018", see `training.distiller.clip_threshold_scale`.
     steps_in_epoch: None derives it from the data at `fit` (it sets the epoch of
     the clip rule).
 

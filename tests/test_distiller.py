@@ -6,22 +6,47 @@ import pytest
 import tensorflow as tf
 
 from sskd_tf.distill.base import DistillationMethod
-from sskd_tf.training.distiller import Distiller, clip_scales, combine_gradients
+from sskd_tf.training.distiller import (Distiller, clip_includes_weight_decay, clip_threshold_scale,
+                                        combine_gradients)
 from sskd_tf.training.schedule import clip_sigmoid, learning_rate_schedule
 
 
-def test_clip_rule_on_hand_values():
+def _clip(epoch, rule, g_ce, g_wd, g_kd):
+    return combine_gradients([g_ce], [g_wd], [g_kd], "clip", clip_threshold_scale(epoch, rule),
+                             clip_includes_weight_decay(rule))
+
+
+def test_kd_methods_clip_rule_on_hand_values():
     g_ce, g_wd, g_kd = tf.constant([3.0, 4.0]), tf.constant([1.0, 1.0]), tf.constant([6.0, 8.0])
     # ||g_ce|| = 5, sigmoid(0) = 0.5: threshold 2.5, so g_kd [6, 8] becomes [1.5, 2].
-    kd_scale, threshold = clip_scales(0.0, "kd_methods")
-    grads, ratio = combine_gradients([g_ce], [g_wd], [g_kd], "clip", kd_scale, threshold)
+    grads, ratio = _clip(0.0, "kd_methods", g_ce, g_wd, g_kd)
     np.testing.assert_allclose(grads[0].numpy(), [5.5, 7.0])
     np.testing.assert_allclose(ratio.numpy(), 0.25)
-    # eccv2018: clip_by_norm(sigmoid(0 - 2) * g_kd, ||g_ce||): 10 * 0.1192 = 1.19 < 5, kept.
-    kd_scale, threshold = clip_scales(0.0, "eccv2018")
-    grads, ratio = combine_gradients([g_ce], [g_wd], [g_kd], "clip", kd_scale, threshold)
-    np.testing.assert_allclose(grads[0].numpy(), [4.0, 5.0] + np.array([6.0, 8.0]) / (1 + np.exp(2.0)), rtol=1e-6)
+    # A variable without a cross-entropy gradient: threshold 0, g_kd is dropped.
+    grads, _ = _clip(0.0, "kd_methods", None, tf.constant([0.0, 2.0]), tf.constant([3.0, 4.0]))
+    np.testing.assert_allclose(grads[0].numpy(), [0.0, 2.0])
+
+
+def test_eccv2018_clip_rule_bounds_g_kd_by_the_task_gradient_with_weight_decay():
+    g_ce, g_wd, g_kd = tf.constant([3.0, 4.0]), tf.constant([1.0, 1.0]), tf.constant([6.0, 8.0])
+    # g_task = [4, 5], ||g_task|| = sqrt(41) (not ||g_ce|| = 5); sigmoid(0) = 0.5:
+    # threshold sqrt(41) / 2 = 3.2016, so g_kd (norm 10) is scaled by 0.32016.
+    grads, ratio = _clip(0.0, "eccv2018", g_ce, g_wd, g_kd)
+    kept = np.sqrt(41.0) / 2.0 / 10.0
+    np.testing.assert_allclose(grads[0].numpy(), [4.0 + 6.0 * kept, 5.0 + 8.0 * kept], rtol=1e-6)
+    np.testing.assert_allclose(ratio.numpy(), kept, rtol=1e-6)
+    # Epoch 3: threshold sqrt(41) * sigmoid(3) = 6.0995, g_kd not scaled beforehand.
+    grads, _ = _clip(3.0, "eccv2018", g_ce, g_wd, g_kd)
+    kept = np.sqrt(41.0) / (1.0 + np.exp(-3.0)) / 10.0
+    np.testing.assert_allclose(grads[0].numpy(), [4.0 + 6.0 * kept, 5.0 + 8.0 * kept], rtol=1e-6)
+    # A small g_kd passes whole: [0.3, 0.4] has norm 0.5 < 3.2.
+    grads, ratio = _clip(0.0, "eccv2018", g_ce, g_wd, tf.constant([0.3, 0.4]))
+    np.testing.assert_allclose(grads[0].numpy(), [4.3, 5.4], rtol=1e-6)
     np.testing.assert_allclose(ratio.numpy(), 1.0)
+    # Without a cross-entropy gradient the weight decay alone sets the threshold:
+    # ||[0, 2]|| * 0.5 = 1, so [3, 4] becomes [0.6, 0.8].
+    grads, _ = _clip(0.0, "eccv2018", None, tf.constant([0.0, 2.0]), tf.constant([3.0, 4.0]))
+    np.testing.assert_allclose(grads[0].numpy(), [0.6, 2.8], rtol=1e-6)
 
 
 def test_sum_rule_and_unreached_variables():
@@ -67,10 +92,11 @@ def _toy_model(seed, weight_decay=0.0):
     return keras.Model(inputs, {"logits": logits, "features": [hidden]})
 
 
-def test_train_step_applies_the_clip_rule_to_every_variable():
+@pytest.mark.parametrize("clip_rule", ["kd_methods", "eccv2018"])
+def test_train_step_applies_the_clip_rule_to_every_variable(clip_rule):
     student, teacher = _toy_model(0, weight_decay=0.1), _toy_model(10)
     method = SquaredFeatureLoss(name="toy")
-    distiller = Distiller(student, method, teacher, steps_in_epoch=4)
+    distiller = Distiller(student, method, teacher, steps_in_epoch=4, clip_rule=clip_rule)
     distiller.build((None, 3))
     distiller.compile(optimizer=keras.optimizers.SGD(1.0))
     images = tf.constant(np.random.default_rng(0).normal(size=(6, 3)), tf.float32)
@@ -87,7 +113,9 @@ def test_train_step_applies_the_clip_rule_to_every_variable():
         g_ce, g_wd, g_kd = tape.gradient(ce, v), tape.gradient(wd, v), tape.gradient(kd, v)
         update = g_ce.numpy() + (0 if g_wd is None else g_wd.numpy())
         if g_kd is not None:
-            threshold = 0.5 * np.linalg.norm(g_ce.numpy())
+            # epoch 0, sigmoid 0.5, times ||g_ce|| (kd_methods) or ||g_ce + g_wd|| (eccv2018)
+            task = update if clip_rule == "eccv2018" else g_ce.numpy()
+            threshold = 0.5 * np.linalg.norm(task)
             norm = np.linalg.norm(g_kd.numpy())
             update = update + g_kd.numpy() * min(1.0, threshold / norm)
         expected.append(update)

@@ -22,7 +22,7 @@ _LAZY_ATTRIBUTES = {
 
 
 def build_model(name, num_classes, input_shape=(32, 32, 3), weight_decay=0.0, taps=(),
-                role="model"):
+                role="model", keras_batch_norm=False):
     """Build the network `name` (e.g. `resnet32`, `wrn16_4`, `vgg_teacher`, a `.keras`
     file, `keras:ResNet50`).
 
@@ -31,12 +31,17 @@ def build_model(name, num_classes, input_shape=(32, 32, 3), weight_decay=0.0, ta
     `weight_decay * sum(w ** 2) / 2`; 0 attaches none. Networks from outside the port
     keep their own regularisers. taps: layer names whose outputs replace the
     network's own distillation taps (required for outside networks, which have none).
+    Each family's `BATCH_NORM` is the BN layer of the authors' code (ResNet, MobileNet,
+    ResNeXt: slim's, with a Bessel-corrected moving variance; WRN: Keras'); with
+    keras_batch_norm every BN layer is Keras' own (biased moving variance).
     """
     if is_external(name):
         return importlib.import_module("sskd_tf.models.external").build(
             name, num_classes, input_shape, taps, role)
     module, arguments = parse_model_name(name)
     family = importlib.import_module(f"sskd_tf.models.{module}")
+    if keras_batch_norm and family.BATCH_NORM is not None:
+        arguments["batch_norm"] = importlib.import_module("keras").layers.BatchNormalization
     model = family.build(name=name, num_classes=num_classes, input_shape=tuple(input_shape),
                          weight_decay=weight_decay, **arguments)
     if not taps:

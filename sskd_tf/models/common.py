@@ -1,4 +1,5 @@
-"""Pieces every family shares: initialisers, weight decay and the two-headed output."""
+"""Pieces every family shares: initialisers, weight decay, slim's batch norm and the
+two-headed output."""
 import keras
 
 
@@ -25,3 +26,34 @@ def logits_model(model):
     """A model from the same input to the logits only, sharing the layers of `model`:
     the deployable network without distillation taps."""
     return keras.Model(model.input, model.output["logits"], name=f"{model.name}_logits")
+
+
+@keras.saving.register_keras_serializable(package="sskd_tf")
+class SlimBatchNormalization(keras.layers.BatchNormalization):
+    """BatchNormalization whose training step updates the moving statistics as TF1's
+    fused `slim.batch_norm` does (docs/method.md section 5, "BN"): the moving variance follows
+    the Bessel-corrected batch variance, n / (n - 1) times the biased one with
+    n = B*H*W the values per channel, and both averages take the form of TF1's
+    `assign_moving_average`, m <- m - (m - value) * (1 - momentum).
+
+    Normalisation (training and inference) is Keras' own, with the biased batch
+    variance. With a mask or renorm, Keras' update is used unchanged.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if not (training and self.trainable) or mask is not None or self.renorm:
+            return super().call(inputs, training=training, mask=mask)
+        inputs = keras.ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
+        mean, variance = self._moments(inputs, None)
+        count = keras.ops.cast(keras.ops.size(inputs) // keras.ops.size(mean), variance.dtype)
+        corrected = variance * count / keras.ops.maximum(count - 1.0, 1.0)
+        decay = 1.0 - self.momentum
+        for moving, value in ((self.moving_mean, mean), (self.moving_variance, corrected)):
+            current = keras.ops.cast(moving, value.dtype)
+            moving.assign(current - (current - value) * decay)
+        outputs = keras.ops.batch_normalization(
+            inputs, mean, variance, axis=self.axis,
+            offset=keras.ops.cast(self.beta, inputs.dtype) if self.center else None,
+            scale=keras.ops.cast(self.gamma, inputs.dtype) if self.scale else None,
+            epsilon=self.epsilon)
+        return keras.ops.cast(outputs, self.compute_dtype)

@@ -26,6 +26,8 @@ import keras
 
 from sskd_tf.models import common
 
+# The release's slim.batch_norm (fused): Bessel-corrected moving variance.
+BATCH_NORM = common.SlimBatchNormalization
 STEM_WIDTH = 32
 UNITS = {
     "teacher": ((64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2), (512, 1)),
@@ -33,33 +35,33 @@ UNITS = {
 }
 
 
-def _bn_relu(x, name):
-    x = keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3, name=f"{name}_bn")(x)
+def _bn_relu(x, name, batch_norm):
+    x = batch_norm(momentum=0.9, epsilon=1e-3, name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _separable_unit(x, width, stride, decay, prefix):
+def _separable_unit(x, width, stride, decay, prefix, batch_norm):
     x = keras.layers.DepthwiseConv2D(3, stride, padding="same", use_bias=False,
                                      depthwise_initializer=common.variance_scaling("fan_in"),
                                      depthwise_regularizer=decay, name=f"{prefix}_depthwise")(x)
-    x = _bn_relu(x, f"{prefix}_depthwise")
+    x = _bn_relu(x, f"{prefix}_depthwise", batch_norm)
     x = keras.layers.Conv2D(width, 1, use_bias=False,
                             kernel_initializer=common.variance_scaling("fan_in"),
                             kernel_regularizer=decay, name=f"{prefix}_pointwise")(x)
-    return _bn_relu(x, f"{prefix}_pointwise")
+    return _bn_relu(x, f"{prefix}_pointwise", batch_norm)
 
 
-def build(name, num_classes, input_shape, weight_decay, role):
+def build(name, num_classes, input_shape, weight_decay, role, batch_norm=BATCH_NORM):
     decay = common.l2_decay(weight_decay)
     units = UNITS[role]
     image = keras.Input(input_shape, name="image")
     x = keras.layers.Conv2D(STEM_WIDTH, 3, padding="same", use_bias=False,
                             kernel_initializer=common.variance_scaling("fan_in"),
                             kernel_regularizer=decay, name="stem_conv")(image)
-    x = _bn_relu(x, "stem")
+    x = _bn_relu(x, "stem", batch_norm)
     taps = []
     for index, (width, stride) in enumerate(units):
-        x = _separable_unit(x, width, stride, decay, f"unit{index}")
+        x = _separable_unit(x, width, stride, decay, f"unit{index}", batch_norm)
         is_last_of_width = index + 1 == len(units) or units[index + 1][0] != width
         if is_last_of_width:
             taps.append(x)

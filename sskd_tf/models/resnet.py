@@ -18,41 +18,43 @@ import keras
 
 from sskd_tf.models import common
 
+# The authors' tf.contrib.layers.batch_norm (fused): Bessel-corrected moving variance.
+BATCH_NORM = common.SlimBatchNormalization
 STEM_WIDTH = 32
 STAGE_WIDTHS = (64, 128, 256)
 STAGE_STRIDES = (1, 2, 2)
 
 
-def _conv_bn(x, width, kernel_size, stride, decay, conv_name, bn_name):
+def _conv_bn(x, width, kernel_size, stride, decay, conv_name, bn_name, batch_norm):
     x = keras.layers.Conv2D(width, kernel_size, stride, padding="same", use_bias=False,
                             kernel_initializer=common.variance_scaling("fan_out"),
                             kernel_regularizer=decay, name=conv_name)(x)
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, gamma_regularizer=decay,
-                                           beta_regularizer=decay, name=bn_name)(x)
+    return batch_norm(momentum=0.9, epsilon=1e-5, gamma_regularizer=decay,
+                      beta_regularizer=decay, name=bn_name)(x)
 
 
-def _basic_block(x, width, stride, decay, prefix):
-    out = _conv_bn(x, width, 3, stride, decay, f"{prefix}_conv0", f"{prefix}_bn0")
+def _basic_block(x, width, stride, decay, prefix, batch_norm):
+    out = _conv_bn(x, width, 3, stride, decay, f"{prefix}_conv0", f"{prefix}_bn0", batch_norm)
     out = keras.layers.ReLU(name=f"{prefix}_relu0")(out)
-    out = _conv_bn(out, width, 3, 1, decay, f"{prefix}_conv1", f"{prefix}_bn1")
+    out = _conv_bn(out, width, 3, 1, decay, f"{prefix}_conv1", f"{prefix}_bn1", batch_norm)
     shortcut = x
     if stride > 1 or x.shape[-1] != width:
         shortcut = _conv_bn(x, width, 1, stride, decay,
-                            f"{prefix}_shortcut_conv", f"{prefix}_shortcut_bn")
+                            f"{prefix}_shortcut_conv", f"{prefix}_shortcut_bn", batch_norm)
     out = keras.layers.Add(name=f"{prefix}_add")([shortcut, out])
     return keras.layers.ReLU(name=f"{prefix}_relu1")(out)
 
 
-def build(name, num_classes, input_shape, weight_decay, blocks_per_stage):
+def build(name, num_classes, input_shape, weight_decay, blocks_per_stage, batch_norm=BATCH_NORM):
     decay = common.l2_decay(weight_decay)
     image = keras.Input(input_shape, name="image")
-    x = _conv_bn(image, STEM_WIDTH, 3, 1, decay, "stem_conv", "stem_bn")
+    x = _conv_bn(image, STEM_WIDTH, 3, 1, decay, "stem_conv", "stem_bn", batch_norm)
     x = keras.layers.ReLU(name="stem_relu")(x)
     taps = []
     for stage, (width, stride) in enumerate(zip(STAGE_WIDTHS, STAGE_STRIDES)):
         for block in range(blocks_per_stage):
             x = _basic_block(x, width, stride if block == 0 else 1, decay,
-                             f"stage{stage}_block{block}")
+                             f"stage{stage}_block{block}", batch_norm)
         taps.append(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     logits = keras.layers.Dense(num_classes, kernel_initializer=common.variance_scaling("fan_out"),

@@ -23,6 +23,8 @@ import keras
 
 from sskd_tf.models import common
 
+# The release's slim.batch_norm (fused): Bessel-corrected moving variance.
+BATCH_NORM = common.SlimBatchNormalization
 STEM_WIDTH = 64
 PATH_WIDTH = 64
 BOTTLENECKS = ((64, 1), (128, 2), (256, 2))
@@ -47,22 +49,22 @@ class ChannelPad(keras.layers.Layer):
         return {**super().get_config(), "pad": self.pad}
 
 
-def _conv_bn(x, width, kernel_size, stride, decay, name):
+def _conv_bn(x, width, kernel_size, stride, decay, name, batch_norm):
     x = keras.layers.Conv2D(width, kernel_size, stride, padding="same", use_bias=False,
                             kernel_initializer=common.variance_scaling("fan_in"),
                             kernel_regularizer=decay, name=name)(x)
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-3, name=f"{name}_bn")(x)
+    return batch_norm(momentum=0.9, epsilon=1e-3, name=f"{name}_bn")(x)
 
 
-def _bottleneck(x, depth, stride, paths, decay, prefix):
+def _bottleneck(x, depth, stride, paths, decay, prefix, batch_norm):
     branches = []
     for path in range(paths):
-        branch = _conv_bn(x, PATH_WIDTH, 1, 1, decay, f"{prefix}_path{path}_reduce")
+        branch = _conv_bn(x, PATH_WIDTH, 1, 1, decay, f"{prefix}_path{path}_reduce", batch_norm)
         branch = keras.layers.ReLU(name=f"{prefix}_path{path}_reduce_relu")(branch)
-        branch = _conv_bn(branch, PATH_WIDTH, 3, stride, decay, f"{prefix}_path{path}_conv")
+        branch = _conv_bn(branch, PATH_WIDTH, 3, stride, decay, f"{prefix}_path{path}_conv", batch_norm)
         branches.append(keras.layers.ReLU(name=f"{prefix}_path{path}_conv_relu")(branch))
     out = keras.layers.Concatenate(name=f"{prefix}_concat")(branches)
-    out = _conv_bn(out, depth, 1, 1, decay, f"{prefix}_transition")
+    out = _conv_bn(out, depth, 1, 1, decay, f"{prefix}_transition", batch_norm)
     shortcut = x
     if stride == 2:
         shortcut = keras.layers.AveragePooling2D(2, name=f"{prefix}_shortcut_pool")(shortcut)
@@ -71,14 +73,14 @@ def _bottleneck(x, depth, stride, paths, decay, prefix):
     return keras.layers.ReLU(name=f"{prefix}_relu")(out)
 
 
-def build(name, num_classes, input_shape, weight_decay, role):
+def build(name, num_classes, input_shape, weight_decay, role, batch_norm=BATCH_NORM):
     decay = common.l2_decay(weight_decay)
     image = keras.Input(input_shape, name="image")
-    x = _conv_bn(image, STEM_WIDTH, 3, 1, decay, "stem_conv")
+    x = _conv_bn(image, STEM_WIDTH, 3, 1, decay, "stem_conv", batch_norm)
     x = keras.layers.ReLU(name="stem_relu")(x)
     taps = [x]
     for index, (depth, stride) in enumerate(BOTTLENECKS):
-        x = _bottleneck(x, depth, stride, PATHS[role], decay, f"bottleneck{index}")
+        x = _bottleneck(x, depth, stride, PATHS[role], decay, f"bottleneck{index}", batch_norm)
         taps.append(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     logits = keras.layers.Dense(num_classes, name="logits")(x)

@@ -15,6 +15,8 @@ import keras
 
 from sskd_tf.models import common
 
+BATCH_NORM = None  # no batch normalisation in these networks
+
 BLOCKS = {
     "teacher": ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512)),
     "student": ((64,), (128,), (256,), (512,)),

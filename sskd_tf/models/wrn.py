@@ -22,6 +22,8 @@ import keras
 
 from sskd_tf.models import common
 
+# The rewrite's own BN layer (tf.nn.moments): the biased variance, as Keras.
+BATCH_NORM = keras.layers.BatchNormalization
 STEM_WIDTH = 16
 STAGE_WIDTHS = (16, 32, 64)
 STAGE_STRIDES = (1, 2, 2)
@@ -33,25 +35,26 @@ def _conv(x, width, kernel_size, stride, decay, name):
                                kernel_regularizer=decay, name=name)(x)
 
 
-def _bn(x, decay, name):
-    return keras.layers.BatchNormalization(momentum=0.9, epsilon=1e-5, gamma_regularizer=decay,
-                                           beta_regularizer=decay, name=name)(x)
+def _bn(x, decay, name, batch_norm):
+    return batch_norm(momentum=0.9, epsilon=1e-5, gamma_regularizer=decay,
+                      beta_regularizer=decay, name=name)(x)
 
 
-def _block(x, width, stride, decay, prefix):
+def _block(x, width, stride, decay, prefix, batch_norm):
     """Returns the block output and its input's BN output before ReLU (a tap candidate)."""
-    normalised = _bn(x, decay, f"{prefix}_bn")
+    normalised = _bn(x, decay, f"{prefix}_bn", batch_norm)
     out = keras.layers.ReLU(name=f"{prefix}_relu")(normalised)
     shortcut = x
     if x.shape[-1] != width:
         shortcut = _conv(x, width, 1, stride, decay, f"{prefix}_shortcut_conv")
     out = _conv(out, width, 3, stride, decay, f"{prefix}_conv0")
-    out = keras.layers.ReLU(name=f"{prefix}_relu0")(_bn(out, decay, f"{prefix}_bn0"))
+    out = keras.layers.ReLU(name=f"{prefix}_relu0")(_bn(out, decay, f"{prefix}_bn0", batch_norm))
     out = _conv(out, width, 3, 1, decay, f"{prefix}_conv1")
     return keras.layers.Add(name=f"{prefix}_add")([shortcut, out]), normalised
 
 
-def build(name, num_classes, input_shape, weight_decay, blocks_per_stage, widen_factor):
+def build(name, num_classes, input_shape, weight_decay, blocks_per_stage, widen_factor,
+          batch_norm=BATCH_NORM):
     decay = common.l2_decay(weight_decay)
     image = keras.Input(input_shape, name="image")
     x = _conv(image, STEM_WIDTH, 3, 1, decay, "stem_conv")
@@ -59,10 +62,10 @@ def build(name, num_classes, input_shape, weight_decay, blocks_per_stage, widen_
     for stage, (width, stride) in enumerate(zip(STAGE_WIDTHS, STAGE_STRIDES)):
         for block in range(blocks_per_stage):
             x, normalised_input = _block(x, width * widen_factor, stride if block == 0 else 1,
-                                         decay, f"stage{stage}_block{block}")
+                                         decay, f"stage{stage}_block{block}", batch_norm)
             if stage > 0 and block == 0:
                 taps.append(normalised_input)
-    normalised = _bn(x, decay, "final_bn")
+    normalised = _bn(x, decay, "final_bn", batch_norm)
     taps.append(normalised)
     x = keras.layers.ReLU(name="final_relu")(normalised)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)

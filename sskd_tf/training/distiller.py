@@ -59,38 +59,46 @@ def _steps_of(x, batch_size):
     return -(-len(first) // (batch_size or 32))
 
 
-def clip_scales(epoch, clip_rule, clip_scale=1.0):
-    """(kd_scale, threshold_scale) of the clipped update
-    g_kd -> clip_by_norm(kd_scale * g_kd, threshold_scale * ||g_ce||).
+def clip_threshold_scale(epoch, clip_rule, clip_scale=1.0):
+    """Factor of the task gradient's norm that bounds the distillation gradient.
 
-    kd_methods (KD_methods_with_TF op_util.py): kd_scale 1, threshold sigmoid(epoch)
-    (exactly 1 past 1 - 1e-8). eccv2018 (SSKD_SVD train.py): kd_scale
-    sigmoid(epoch - 2), threshold 1. clip_scale multiplies the threshold.
+    kd_methods (KD_methods_with_TF op_util.py): sigmoid(epoch), exactly 1 past
+    1 - 1e-8. eccv2018 (SSKD_SVD train.py, newest version): sigmoid(epoch).
+    clip_scale multiplies either.
     """
     if clip_rule == "kd_methods":
-        return tf.constant(1.0), clip_scale * clip_sigmoid(epoch)
+        return clip_scale * clip_sigmoid(epoch)
     if clip_rule == "eccv2018":
-        return tf.sigmoid(tf.cast(epoch, tf.float32) - 2.0), tf.constant(clip_scale)
+        return clip_scale * tf.sigmoid(tf.cast(epoch, tf.float32))
     raise ValueError(f"unknown clip rule {clip_rule!r}; choose one of: {', '.join(CLIP_RULES)}")
 
 
-def combine_gradients(ce_grads, wd_grads, kd_grads, rule, kd_scale=1.0, threshold_scale=1.0):
+def clip_includes_weight_decay(clip_rule):
+    """Whether the norm that bounds g_kd is that of g_ce + g_wd (eccv2018: its task
+    loss is the cross-entropy plus the regularisation) or of g_ce alone (kd_methods)."""
+    if clip_rule not in CLIP_RULES:
+        raise ValueError(f"unknown clip rule {clip_rule!r}; choose one of: {', '.join(CLIP_RULES)}")
+    return clip_rule == "eccv2018"
+
+
+def combine_gradients(ce_grads, wd_grads, kd_grads, rule, threshold_scale=1.0,
+                      threshold_includes_wd=False):
     """Per-variable combination of the task, weight-decay and distillation gradients.
 
     rule "sum": g = g_ce + g_wd + g_kd.
-    rule "clip" (docs/method.md section 5): g = g_ce + g_wd
-    + clip_by_norm(kd_scale * g_kd, threshold_scale * ||g_ce||).
+    rule "clip" (docs/method.md section 5): g = g_ce + g_wd + clip_by_norm(g_kd, threshold_scale * ||r||),
+    r = g_ce (kd_methods) or g_ce + g_wd (eccv2018, threshold_includes_wd).
     A variable the distillation loss does not reach gets g_ce + g_wd.
-    Returns the gradients and the fraction of the (scaled) distillation
-    gradient's norm kept after clipping (1 when nothing is clipped).
+    Returns the gradients and the fraction of the distillation gradient's norm
+    kept after clipping (1 when nothing is clipped).
     """
     combined, kept_norm, total_norm = [], [], []
     for g_ce, g_wd, g_kd in zip(ce_grads, wd_grads, kd_grads):
         parts = [g for g in (g_ce, g_wd) if g is not None]
         if g_kd is not None:
             if rule == "clip":
-                g_kd = kd_scale * g_kd
-                threshold = threshold_scale * tf.norm(g_ce) if g_ce is not None else 0.0
+                reference = tf.add_n(parts) if threshold_includes_wd and parts else g_ce
+                threshold = threshold_scale * tf.norm(reference) if reference is not None else 0.0
                 clipped = tf.clip_by_norm(g_kd, threshold)
                 kept_norm.append(tf.norm(clipped))
                 total_norm.append(tf.norm(g_kd))
@@ -111,8 +119,8 @@ class Distiller(keras.Model):
     teacher may be None when the method needs none. method: a DistillationMethod.
     steps_in_epoch: steps of one pass over the training set, which give the epoch
     of the clipping rule (see `schedule`); None: derived from the data by `fit`.
-    clip_rule: see `clip_scales`. `compile(loss=..., metrics=...)` replaces the task
-    loss (default: sparse cross-entropy on logits, reported as `ce_loss`) and the
+    clip_rule: see `clip_threshold_scale`. `compile(loss=..., metrics=...)` replaces the
+    task loss (default: sparse cross-entropy on logits, reported as `ce_loss`) and the
     task metrics (default: accuracy).
     """
 
@@ -249,9 +257,10 @@ class Distiller(keras.Model):
         ce_grads = gradient(ce)
         wd_grads = gradient(wd)
         kd_grads = gradient(kd)
-        kd_scale, threshold_scale = clip_scales(epoch, self.clip_rule, self.method.clip_scale)
         grads, clip_ratio = combine_gradients(
-            ce_grads, wd_grads, kd_grads, self.method.gradient_rule, kd_scale, threshold_scale)
+            ce_grads, wd_grads, kd_grads, self.method.gradient_rule,
+            clip_threshold_scale(epoch, self.clip_rule, self.method.clip_scale),
+            clip_includes_weight_decay(self.clip_rule))
         if self.method.init_epochs:
             grads = self._init_phase(epoch, ce_grads, wd_grads, kd_grads, grads)
         return grads, clip_ratio
@@ -288,12 +297,26 @@ class Distiller(keras.Model):
 
         tf.distribute.get_replica_context().merge_call(decide, args=(finite, pairs))
 
+    def _state_variables(self):
+        """Variables the forward pass itself changes: the student's and the method's
+        non-trainable ones (BN moving statistics, random-generator states)."""
+        return self.student.non_trainable_variables + self.method.non_trainable_variables
+
+    def _keep_if(self, finite, variables, snapshot):
+        """Put back the values of `snapshot` unless `finite`. Each replica restores its
+        own copy (BN statistics are per replica); `finite` is the same on all."""
+        for variable, value in zip(variables, snapshot):
+            variable.assign(tf.where(finite, variable.value, value))
+
     def train_step(self, data):
-        """One update; skipped (weights and optimizer state untouched, counted in
-        `skipped_steps`) when a loss or a gradient is not finite."""
+        """One update; skipped (every variable of the student, the method and the
+        optimizer untouched, counted in `skipped_steps`) when a loss or a gradient
+        is not finite."""
         images, labels = data
         epoch = epoch_of_step(self.optimizer.iterations, self.steps_in_epoch)
         variables = self.trainable_variables
+        state = self._state_variables()
+        snapshot = [tf.identity(v.value) for v in state]
         with tf.GradientTape(persistent=True) as tape:
             student_out, ce, wd, terms = self._forward_losses(images, labels)
             kd = tf.add_n(list(terms.values())) if terms else tf.constant(0.0)
@@ -307,8 +330,11 @@ class Distiller(keras.Model):
         finite = self._all_replicas_finite([total] + [g for g, _ in pairs])
         self._apply_if(finite, pairs)
         self._update_loss_scale(finite)
+        self._keep_if(finite, state, snapshot)
         self.consecutive_skips.assign(tf.where(finite, 0, self.consecutive_skips + 1))
-        self.trackers["skipped_steps"].update_state(1.0 - tf.cast(finite, tf.float32))
+        # A Sum metric adds up the replicas: each counts its share of the step.
+        self.trackers["skipped_steps"].update_state(
+            (1.0 - tf.cast(finite, tf.float32)) / self._replicas())
         self._update_metrics(labels, student_out["logits"], ce, wd, terms, clip_ratio, finite)
         return {m.name: m.result() for m in self.metrics}
 

@@ -27,6 +27,7 @@ from sskd_tf.models.mat_weights import load_mat_weights
 from sskd_tf.training import callbacks as run_callbacks
 from sskd_tf.training import files
 from sskd_tf.training.distiller import Distiller
+from sskd_tf.training.optimizers import build_optimizer
 from sskd_tf.training.recipes import RECIPES
 from sskd_tf.training.schedule import learning_rate_schedule, steps_per_epoch
 from sskd_tf.training import precision
@@ -59,6 +60,8 @@ class RunConfig:
     lr_decay_points: tuple = None
     lr_decay_rate: float = None
     weight_decay: float = None
+    optimizer: str = None
+    keras_batch_norm: bool = False
     train_dir: str = "runs/default"
     teacher_weights: str = None
     seed: int = 0
@@ -184,7 +187,8 @@ def teacher_weights_path(config):
 def load_teacher(config, num_classes, weights_path, val_ds, image_shape=(32, 32, 3)):
     """The frozen teacher with its weights, and its validation accuracy."""
     teacher = models.build_model(config.teacher, num_classes, image_shape,
-                                 taps=config.teacher_taps, role="teacher")
+                                 taps=config.teacher_taps, role="teacher",
+                                 keras_batch_norm=config.keras_batch_norm)
     if weights_path:
         load_teacher_weights(teacher, weights_path)
     accuracy = evaluate_accuracy(teacher, val_ds)
@@ -207,7 +211,7 @@ def build_student(config, info):
     """The student network of `config` for the data described by `info`."""
     return models.build_model(config.student, info.num_classes, info.image_shape,
                               weight_decay=config.weight_decay, taps=config.student_taps,
-                              role="student")
+                              role="student", keras_batch_norm=config.keras_batch_norm)
 
 
 def _check_run_dir(config):
@@ -222,12 +226,14 @@ def _check_run_dir(config):
 
 
 def build_distiller(config, method, teacher, student, steps_in_epoch):
-    """The compiled distiller with its SGD + Nesterov optimizer and LR schedule."""
+    """The compiled distiller with the recipe's momentum optimizer (config.optimizer:
+    TF1's Nesterov update or Keras' SGD, see training/optimizers.py) and LR schedule."""
     recipe = RECIPES.get(config.recipe)
     schedule = learning_rate_schedule(
         config.learning_rate, config.lr_decay_points, config.lr_decay_rate, config.epochs,
         steps_in_epoch, init_epochs=method.init_epochs)
-    optimizer = keras.optimizers.SGD(schedule, momentum=recipe.momentum, nesterov=recipe.nesterov)
+    optimizer = build_optimizer(config.optimizer or recipe.optimizer, schedule,
+                                momentum=recipe.momentum, nesterov=recipe.nesterov)
     distiller = Distiller(student, method, teacher, steps_in_epoch=steps_in_epoch,
                           clip_rule=recipe.clip_rule)
     distiller.build((None,) + tuple(student.input_shape[1:]))
