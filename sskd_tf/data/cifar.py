@@ -32,6 +32,7 @@ from typing import Tuple
 import numpy as np
 
 from sskd_tf.data.catalog import DATASETS, IMAGE_SHAPE, DatasetInfo, DatasetSource
+from sskd_tf.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -155,7 +156,7 @@ def keras_cache_dirs(layout):
 
 
 def load_cifar(name, data_dir):
-    """The four arrays of `name`, found as the module docstring says, or a one-line ValueError."""
+    """The four arrays of `name`, found as the module docstring says, or a one-line UserError."""
     layout = LAYOUTS[name]
     if data_dir is not None:
         finders = [functools.partial(find_python_copy, data_dir, layout),
@@ -168,7 +169,7 @@ def load_cifar(name, data_dir):
         searched = "the default TFDS data dir or the Keras cache"
     arrays = next((found for found in (find() for find in finders) if found is not None), None)
     if arrays is None:
-        raise ValueError(
+        raise UserError(
             f"{name} data not found in {searched} and it cannot be downloaded here (no network): "
             f"pass --data_dir=DIR holding {layout.archive}, its extracted {layout.folder}/ or a "
             f"TFDS data dir with {name} prepared, or use --dataset=digits (bundled with the repo)")

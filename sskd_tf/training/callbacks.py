@@ -10,7 +10,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from sskd_tf.errors import TrainingDiverged
+from sskd_tf.errors import TrainingDiverged, UserError
+from sskd_tf.training import files
 
 HISTORY_FILE = "history.csv"
 
@@ -45,7 +46,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         try:
             self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
         except (tf.errors.OpError, AssertionError, ValueError, IndexError) as error:
-            raise ValueError(
+            raise UserError(
                 f"cannot resume from {self.manager.latest_checkpoint} ({type(error).__name__}: "
                 f"{str(error).splitlines()[0]}); delete its checkpoints/ or pass --overwrite") from None
         return int(self.epoch.numpy()), int(self.epoch_steps.numpy()), float(self.wall_time.numpy())
@@ -72,7 +73,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         now = time.monotonic()
         self.wall_time.assign_add(now - self._started)
         self._started = now
-        self.manager.save()
+        with files.writing("a checkpoint", self.manager.directory):
+            self.manager.save()
 
     def on_train_batch_end(self, batch, logs=None):
         self._steps += 1
