@@ -19,7 +19,7 @@ import flags  # noqa: F401  (defines every flag of the project)
 from flags.flagfiles import check_flagfiles
 from sskd_tf import modes
 from sskd_tf.errors import (MESSAGE_LIMIT, SearchFailed, TrainingDiverged, UserError,
-                            one_line)
+                            WorkerLost, one_line)
 
 USAGE_ERROR = 2
 RUN_FAILED = 1
@@ -69,7 +69,7 @@ def main(argv):
         modes.run(absl_flags.FLAGS.mode, absl_flags.FLAGS)
     except UserError as error:
         _fail(error)
-    except (TrainingDiverged, SearchFailed) as error:
+    except (TrainingDiverged, SearchFailed, WorkerLost) as error:
         _fail(error, RUN_FAILED)
     except KeyboardInterrupt as error:
         detail = f" ({error})" if str(error) else ""

@@ -16,6 +16,10 @@ class SearchFailed(RuntimeError):
     """No trial of a hyperparameter search completed."""
 
 
+class WorkerLost(RuntimeError):
+    """Another worker of a multi-worker run stopped; restarting all of them resumes."""
+
+
 # Where a message starts to print a tensor or an array: nothing from there on is shown.
 _TENSOR_REPRS = ("PerReplica:", "tf.Tensor(", "<tf.Tensor", "<tf.Variable", "array(", "[[")
 MESSAGE_LIMIT = 1000

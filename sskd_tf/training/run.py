@@ -27,7 +27,7 @@ from sskd_tf.distill import METHODS, build_method
 from sskd_tf.errors import UserError
 from sskd_tf.models.mat_weights import load_mat_weights
 from sskd_tf.training import callbacks as run_callbacks
-from sskd_tf.training import files
+from sskd_tf.training import files, multi_worker
 from sskd_tf.training.distiller import Distiller
 from sskd_tf.training.recipes import RECIPES
 from sskd_tf.training.schedule import learning_rate_schedule, steps_per_epoch
@@ -191,6 +191,7 @@ def _check_run_dir(config):
     if config.overwrite:
         files.clear_run(config.train_dir)
     files.ensure_writable_dir(config.train_dir)
+    files.remove_leftovers(config.train_dir)
 
 
 def build_distiller(config, method, teacher, student, steps_in_epoch):
@@ -229,6 +230,16 @@ def _results(config, history_rows, wall_time, teacher_accuracy, total_epochs):
 def train(config):
     """Run `config` to the end (resuming from its last checkpoint) and return its results."""
     config = config.resolved()
+    if config.strategy != "multi_worker":
+        return _train(config)
+    with multi_worker.lost_workers_reported():
+        if multi_worker.is_chief():
+            return _train(config)
+        with multi_worker.scratch_run_dir(config.train_dir, config.overwrite) as scratch:
+            return _train(dataclasses.replace(config, train_dir=scratch))
+
+
+def _train(config):
     _check_run_dir(config)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
