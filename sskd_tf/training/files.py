@@ -4,6 +4,7 @@ write that fails because the disk is full or the directory is not writable is
 the user's to fix (`UserError`); what it left behind is removed first."""
 import contextlib
 import errno
+import glob
 import json
 import os
 import shutil
@@ -98,6 +99,17 @@ def save_student(student, train_dir):
         _replace_path(export_dir, os.path.join(train_dir, "student_export"))
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def remove_leftovers(train_dir):
+    """Remove what a run killed while writing left behind: the temporary files of
+    `write_json` and `save_student`, and a checkpoint whose save had not finished
+    (TensorFlow writes it under `<prefix>_temp/` and renames it when complete)."""
+    patterns = [os.path.join(train_dir, ".saving-*"), os.path.join(train_dir, "tmp*.tmp"),
+                os.path.join(train_dir, "checkpoints", "*_temp")]
+    for pattern in patterns:
+        for path in glob.glob(pattern):
+            _remove(path)
 
 
 def clear_run(train_dir):
