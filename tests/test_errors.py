@@ -57,10 +57,11 @@ def test_one_line_unwraps_the_report_keras_adds_around_a_layer_error():
     lambda: build_method("bogus"),
     lambda: models.build_model("resnet7", 10),
     lambda: build_method("svd", weight=-1.0),
+    lambda: build_method("svd", wieght=2.0),
     lambda: make_strategy("tpu"),
     lambda: datasets.build_datasets("digits", take_train=10, take_test=0),
     lambda: load_teacher_weights(models.build_model("resnet8", 10), "/nonexistent/teacher.keras"),
-], ids=["method", "model", "option", "strategy", "empty_split", "teacher_file"])
+], ids=["method", "model", "option", "option_name", "strategy", "empty_split", "teacher_file"])
 def test_mistakes_a_user_can_fix_are_user_errors(mistake):
     with pytest.raises(UserError) as raised:
         mistake()
