@@ -6,29 +6,59 @@ terminal unless `--verbosity=0` or `1` (`-v 1`) is given; TF_CPP_MIN_LOG_LEVEL,
 when set, decides TensorFlow's as usual.
 
 A mistake the user can fix (a bad flag, a missing file, data that cannot be
-found) ends with one line on stderr and exit status 2; a run stopped because its
-steps kept failing, with exit status 1; an interrupted run (SIGINT, after its
-checkpoint is saved), with 130.
+found: a `UserError`) ends with one line on stderr and exit status 2; a run
+stopped because its steps kept failing, with exit status 1; an interrupted run
+(SIGINT, after its checkpoint is saved), with 130. Any other exception is a bug
+of ours: one line saying so, exit status 1, and its traceback in
+`--train_dir`/error.log (a temporary file when that directory cannot be written).
 """
+import os
 import sys
+import tempfile
+import traceback
 
 from absl import app
 from absl import flags as absl_flags
 
 import flags  # defines every flag of the project
+from flags.flagfiles import check_flagfiles
 from sskd_tf import modes, quiet_start
-from sskd_tf.errors import SearchFailed, TrainingDiverged
+from sskd_tf.errors import (MESSAGE_LIMIT, SearchFailed, TrainingDiverged, UserError,
+                            WorkerLost, one_line)
 
 USAGE_ERROR = 2
 RUN_FAILED = 1
 INTERRUPTED = 130
 # Answered with this project's flags alone; absl's --helpfull still lists every flag.
 HELP_ARGUMENTS = ("-?", "-h", "--help", "--helpshort")
+ERROR_LOG = "error.log"
 
 
-def _fail(message, status=USAGE_ERROR):
-    sys.stderr.write(f"main.py: error: {message}\n")
+def _fail(message, status=USAGE_ERROR, limit=MESSAGE_LIMIT):
+    sys.stderr.write(f"main.py: error: {one_line(message, limit)}\n")
     sys.exit(status)
+
+
+def _write_error_log(text):
+    """Write `text` to --train_dir/error.log, else to a temporary file; return its path."""
+    try:
+        os.makedirs(absl_flags.FLAGS.train_dir, exist_ok=True)
+        path = os.path.join(absl_flags.FLAGS.train_dir, ERROR_LOG)
+        with open(path, "w") as handle:
+            handle.write(text)
+        return path
+    except OSError:
+        with tempfile.NamedTemporaryFile("w", prefix="sskd_tf-error-", suffix=".log",
+                                         delete=False) as handle:
+            handle.write(text)
+        return handle.name
+
+
+def _internal_error(error):
+    log = _write_error_log(traceback.format_exc())
+    detail = one_line(error) or "(no message)"
+    _fail(f"internal error: {type(error).__name__}: {detail}; full traceback in {log}", RUN_FAILED,
+          limit=None)
 
 
 def parse_flags(argv):
@@ -37,6 +67,7 @@ def parse_flags(argv):
               f"{flags.help_text()}")
         sys.exit(0)
     try:
+        check_flagfiles(argv)
         return absl_flags.FLAGS(argv)
     except absl_flags.Error as error:
         _fail(error)
@@ -48,13 +79,15 @@ def main(argv):
     quiet_start.apply(verbosity_given=absl_flags.FLAGS["verbosity"].present)
     try:
         modes.run(absl_flags.FLAGS.mode, absl_flags.FLAGS)
-    except ValueError as error:
+    except UserError as error:
         _fail(error)
-    except (TrainingDiverged, SearchFailed) as error:
+    except (TrainingDiverged, SearchFailed, WorkerLost) as error:
         _fail(error, RUN_FAILED)
     except KeyboardInterrupt as error:
         detail = f" ({error})" if str(error) else ""
         _fail(f"interrupted{detail}; run the same command again to resume", INTERRUPTED)
+    except Exception as error:  # noqa: BLE001 (every other exception is a bug of ours)
+        _internal_error(error)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ import ast
 from absl import flags
 
 from sskd_tf.distill.names import METHOD_NAMES, SVD_GRADIENTS
+from sskd_tf.errors import UserError
 
 # sskd_tf.distill.svd.BACKENDS, spelled out here to keep TensorFlow out of flag
 # parsing (a test checks the two agree).
@@ -41,7 +42,7 @@ def parse_method_options(items):
     for item in items:
         name, separator, value = item.partition("=")
         if not separator or not name.strip():
-            raise ValueError(f"--method_options: {item!r} is not name=value")
+            raise UserError(f"--method_options: {item!r} is not name=value")
         try:
             options[name.strip()] = ast.literal_eval(value.strip())
         except (ValueError, SyntaxError):

@@ -30,6 +30,8 @@ Matrix sizes M and N must be static.
 import numpy as np
 import tensorflow as tf
 
+from sskd_tf.errors import UserError
+
 GRADIENTS = ("original", "exact", "eccv")
 BACKENDS = ("svd", "gram")
 
@@ -187,14 +189,14 @@ _GRADIENT_FNS = {
 
 def _check_gradient(gradient):
     if gradient not in _GRADIENT_FNS:
-        raise ValueError(f"unknown SVD gradient {gradient!r}; choose one of: {', '.join(GRADIENTS)}")
+        raise UserError(f"unknown SVD gradient {gradient!r}; choose one of: {', '.join(GRADIENTS)}")
     return _GRADIENT_FNS[gradient]
 
 
 def check_backend(backend):
-    """Raise a ValueError naming the choices unless `backend` is one of BACKENDS."""
+    """Raise a UserError naming the choices unless `backend` is one of BACKENDS."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown SVD backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+        raise UserError(f"unknown SVD backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
 
 
 def _check_matrices(x):

@@ -1,8 +1,9 @@
 """A name -> object registry, one per kind of thing (models, methods, datasets...)."""
+from sskd_tf.errors import UserError
 
 
 class Registry:
-    """Maps names to objects; unknown names raise a ValueError listing the known ones."""
+    """Maps names to objects; unknown names raise a UserError listing the known ones."""
 
     def __init__(self, kind):
         self.kind = kind
@@ -21,7 +22,7 @@ class Registry:
         try:
             return self._entries[name]
         except KeyError:
-            raise ValueError(
+            raise UserError(
                 f"unknown {self.kind} {name!r}; choose one of: {', '.join(self.names())}"
             ) from None
 

@@ -28,7 +28,7 @@ from keras_tuner.engine import hyperparameters as hp_types
 from tensorboard.plugins.hparams import api as hparams_api
 
 from sskd_tf.distill import METHODS, build_method
-from sskd_tf.errors import SearchFailed
+from sskd_tf.errors import SearchFailed, UserError
 from sskd_tf.training import files
 from sskd_tf.training.callbacks import NonFiniteGuard
 from sskd_tf.training.run import (build_distiller, build_student, load_teacher, run_datasets,
@@ -115,7 +115,7 @@ def make_tuner(name, hypermodel, hyperparameters, max_trials, epochs, seed, tune
     Hyperband's brackets go up to `epochs`; --max_trials caps its trial count.
     Failed trials (a diverged one, say) are recorded and the search goes on."""
     if name not in TUNERS:
-        raise ValueError(f"unknown tuner {name!r}; choose one of: {', '.join(TUNERS)}")
+        raise UserError(f"unknown tuner {name!r}; choose one of: {', '.join(TUNERS)}")
     common = dict(objective=kt.Objective(OBJECTIVE, "max"), hyperparameters=hyperparameters,
                   seed=seed, directory=os.path.dirname(tune_dir),
                   project_name=os.path.basename(tune_dir), distribution_strategy=strategy,
@@ -145,10 +145,10 @@ def _prepare_tune_dir(tune_dir, settings, overwrite):
         changed = sorted(k for k in set(previous) | set(settings)
                          if previous.get(k) != settings.get(k))
         if changed:
-            raise ValueError(
+            raise UserError(
                 f"{tune_dir} holds a search with other settings ({', '.join(changed)}); "
                 "pass --overwrite to start over or choose another --train_dir")
-    os.makedirs(tune_dir, exist_ok=True)
+    files.ensure_writable_dir(tune_dir)
     files.write_json(path, settings)
 
 
@@ -159,10 +159,10 @@ def search(config, tuner="random", max_trials=10, epochs=2):
     tune_dir = os.path.join(config.train_dir, TUNE_DIR)
     hyperparameters = search_space(config)
     if not hyperparameters.space:
-        raise ValueError(f"--method={config.method} leaves nothing to search: it declares "
+        raise UserError(f"--method={config.method} leaves nothing to search: it declares "
                          "no search space")
     if not tuned_names(hyperparameters):
-        raise ValueError(f"--method={config.method} leaves nothing to search: --method_options "
+        raise UserError(f"--method={config.method} leaves nothing to search: --method_options "
                          f"fixes all of {', '.join(hyperparameters.values)}")
     _prepare_tune_dir(tune_dir, _settings(config, tuner, epochs), config.overwrite)
     if config.deterministic:

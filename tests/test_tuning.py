@@ -5,9 +5,16 @@ import glob
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
 
+import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -192,3 +199,98 @@ def test_the_tuner_flag_lists_the_tuners_of_the_module():
 def test_bad_tune_flags_fail_at_parsing_with_one_line(flag, message):
     error, done = main_error("--mode=tune", flag, timeout=120)
     assert len(done.stderr.strip().splitlines()) == 1 and message in error
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _get_json(url, payload=None, timeout=30):
+    data = None if payload is None else json.dumps(payload).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+        return json.loads(response.read())
+
+
+def test_tensorboard_serves_the_scalars_and_the_hparams_of_a_search(searched):
+    """TensorBoard itself (not the summary reader), on 127.0.0.1, over the whole run
+    directory: the teacher's run and the search."""
+    train_dir, rows = searched
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", train_dir, "--host", "127.0.0.1",
+         "--port", str(port), "--load_fast=false", "--reload_interval=1"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{port}/data/plugin"
+    try:
+        deadline = time.time() + 180
+        while True:
+            assert server.poll() is None, server.stderr.read()[-2000:]
+            try:
+                tags = _get_json(f"{base}/scalars/tags")
+                if "teacher/logs/validation" in tags and len(tags) > 2 + len(rows):
+                    break
+            except (urllib.error.URLError, ConnectionError):
+                pass
+            assert time.time() < deadline, "TensorBoard did not serve the run in time"
+            time.sleep(1)
+        served = _get_json(f"{base}/scalars/scalars?run=teacher/logs/validation&tag=epoch_accuracy")
+        with open(os.path.join(train_dir, "teacher", "history.csv"), newline="") as handle:
+            history = [float(row["val_accuracy"]) for row in csv.DictReader(handle)]
+        assert [step for _, step, _ in served] == list(range(len(history)))
+        assert [value for _, _, value in served] == pytest.approx(history, abs=1e-6)
+
+        experiment = _get_json(f"{base}/hparams/experiment", {"experimentName": ""})
+        assert sorted(info["name"] for info in experiment["hparamInfos"]) == sorted(SVD_SPACE)
+        groups = _get_json(f"{base}/hparams/session_groups", {
+            "experimentName": "", "startIndex": 0, "sliceSize": 100,
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE",
+                                "STATUS_RUNNING"],
+            "colParams": [{"hparam": name} for name in SVD_SPACE]})
+        weights = sorted(group["hparams"]["weight"] for group in groups["sessionGroups"])
+        assert weights == pytest.approx(sorted(row["weight"] for row in rows))
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
+TUNE_SCRIPT = textwrap.dedent("""
+    import sys
+    from sskd_tf import tuning
+    from sskd_tf.training.run import RunConfig
+    tuning.search(RunConfig(train_dir=sys.argv[1], **%r), tuner="random", max_trials=2, epochs=1)
+""" % TINY)
+
+
+def test_a_search_killed_during_a_trial_resumes_with_the_same_trials(searched, tmp_path):
+    """SIGKILL in the second trial; run again, the search ends as the uninterrupted one."""
+    train_dir = tmp_path / "search"
+    shutil.copytree(os.path.join(searched[0], "teacher"), train_dir / "teacher")
+    command = [sys.executable, "-c", TUNE_SCRIPT, str(train_dir)]
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 900
+    while not os.path.isdir(train_dir / "tune" / "trial_1"):
+        assert process.poll() is None, process.stderr.read()[-3000:]
+        assert time.time() < deadline, "the second trial did not start"
+        time.sleep(0.1)
+    time.sleep(np.random.default_rng().uniform(0.0, 3.0))
+    assert process.poll() is None, "the search ended before it could be killed"
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert not os.path.exists(train_dir / "tune" / "best.flags")
+    finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                              timeout=900)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    with open(train_dir / "tune" / "trials.csv", newline="") as handle:
+        resumed = list(csv.DictReader(handle))
+    expected = searched[1]
+    assert [row["trial"] for row in resumed] == [row["trial"] for row in expected]
+    assert all(row["status"] == "COMPLETED" for row in resumed)
+    for row, reference in zip(resumed, expected):
+        for name in SVD_SPACE:
+            assert float(row[name]) == pytest.approx(float(reference[name]), rel=1e-12), name
+        assert float(row["val_accuracy"]) == pytest.approx(reference["val_accuracy"], abs=1e-6)

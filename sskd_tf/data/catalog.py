@@ -4,6 +4,7 @@ from typing import Any, Callable, Mapping, Optional, Tuple
 
 import numpy as np
 
+from sskd_tf.errors import UserError
 from sskd_tf.registry import Registry
 
 IMAGE_SHAPE = (32, 32, 3)
@@ -80,13 +81,27 @@ def read_arrays(source, data_dir=None, download=False):
             test_labels.astype(np.int64))
 
 
+def check_finite_images(images, source):
+    """Refuse (UserError) images of a floating dtype holding NaN or infinite pixels,
+    naming how many and the first one; `source` says where they come from. Integer
+    images are always finite. For any loader of user-provided images."""
+    images = np.asarray(images)
+    if not np.issubdtype(images.dtype, np.floating):
+        return
+    bad = ~np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    if bad.any():
+        raise UserError(f"{source}: {int(bad.sum())} of {len(images)} images hold NaN or infinite "
+                        f"pixels (the first: image {int(np.argmax(bad))}); fix or remove them")
+
+
 def _check_arrays(info, arrays):
     for split, images, labels in (("train", *arrays[:2]), ("test", *arrays[2:])):
+        check_finite_images(images, f"{info.name} {split}")
         if images.dtype != np.uint8 or images.shape[1:] != info.image_shape:
-            raise ValueError(f"{info.name} {split} images are {images.dtype} {images.shape}, "
+            raise UserError(f"{info.name} {split} images are {images.dtype} {images.shape}, "
                              f"expected uint8 [N, {', '.join(map(str, info.image_shape))}]")
         if labels.shape != (len(images),):
-            raise ValueError(f"{info.name} {split} has {len(images)} images but labels of "
+            raise UserError(f"{info.name} {split} has {len(images)} images but labels of "
                              f"shape {labels.shape}")
         if len(labels) and not 0 <= labels.min() <= labels.max() < info.num_classes:
-            raise ValueError(f"{info.name} {split} labels fall outside [0, {info.num_classes})")
+            raise UserError(f"{info.name} {split} labels fall outside [0, {info.num_classes})")

@@ -14,10 +14,12 @@ with the CIFAR constants, which put the black background at -1.6..-1.9 and full 
 digits-specific constants are kept.
 """
 import os
+import zipfile
 
 import numpy as np
 
 from sskd_tf.data.catalog import DATASETS, IMAGE_SHAPE, DatasetInfo, DatasetSource
+from sskd_tf.errors import UserError
 
 NPZ_PATH = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits.npz")
 _UPSCALE = IMAGE_SHAPE[0] // 8
@@ -26,6 +28,9 @@ _UPSCALE = IMAGE_SHAPE[0] // 8
 # little. Batch 32 at learning rate 0.02 (0.1 * 32/128 per example, as the recipe)
 # gives 4x the updates: resnet8 reaches about 89% in 5 epochs (measured; flags override).
 RUN_DEFAULTS = {"epochs": 5, "batch_size": 32, "learning_rate": 0.02}
+# The arrays of digits.npz and their dtype kinds: u unsigned, i signed integers.
+_BUNDLE_DTYPES = {"images": "u", "labels": "ui", "train_indices": "ui", "test_indices": "ui"}
+_RESTORE = "restore it with `git checkout -- sskd_tf/data/digits.npz`"
 
 
 def to_cifar_shape(images):
@@ -35,11 +40,22 @@ def to_cifar_shape(images):
 
 
 def load_digits(data_dir=None, download=False):
-    """The four arrays of the bundled digits; `data_dir` and `download` are not used."""
+    """The four arrays of the bundled digits; `data_dir` and `download` are not used. A damaged
+    bundle (truncated, other arrays or dtypes) is a one-line UserError; it is read
+    without pickle, so it cannot run code."""
     del data_dir, download
-    with np.load(NPZ_PATH) as bundle:
-        images, labels = to_cifar_shape(bundle["images"]), bundle["labels"].astype(np.int64)
-        train, test = bundle["train_indices"], bundle["test_indices"]
+    try:
+        with np.load(NPZ_PATH, allow_pickle=False) as bundle:
+            arrays = {name: bundle[name] for name in _BUNDLE_DTYPES}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as error:
+        raise UserError(f"{NPZ_PATH} cannot be read ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else 'damaged'}); {_RESTORE}") from None
+    wrong = [f"{name} is {arrays[name].dtype}" for name, kinds in _BUNDLE_DTYPES.items()
+             if arrays[name].dtype.kind not in kinds]
+    if wrong:
+        raise UserError(f"{NPZ_PATH} holds other arrays than it should ({', '.join(wrong)}); {_RESTORE}")
+    images, labels = to_cifar_shape(arrays["images"]), arrays["labels"].astype(np.int64)
+    train, test = arrays["train_indices"], arrays["test_indices"]
     return images[train], labels[train], images[test], labels[test]
 
 

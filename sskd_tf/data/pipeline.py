@@ -26,6 +26,7 @@ import tensorflow as tf
 from sskd_tf.data.catalog import read_arrays, source_of
 from sskd_tf.data.names import DEFAULT_RECIPE
 from sskd_tf.data.recipes import AUGMENTATIONS, CIFAR_MEAN, CIFAR_STD, normalize
+from sskd_tf.errors import UserError
 
 
 def build_datasets(name, data_dir=None, batch_size=128, eval_batch_size=200,
@@ -52,7 +53,7 @@ def build_datasets(name, data_dir=None, batch_size=128, eval_batch_size=200,
     train_images, train_labels = train_images[:take_train], train_labels[:take_train]
     test_images, test_labels = test_images[:take_test], test_labels[:take_test]
     if not len(train_labels) or not len(test_labels):
-        raise ValueError(f"take_train={take_train}, take_test={take_test} leave a split empty")
+        raise UserError(f"take_train={take_train}, take_test={take_test} leave a split empty")
     info = dataclasses.replace(source.info, image_shape=tuple(train_images.shape[1:]),
                                num_train=len(train_labels), num_test=len(test_labels))
     train_ds = training_stream(train_images, train_labels, batch_size, augment, seed, mean, std,

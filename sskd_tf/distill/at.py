@@ -15,6 +15,7 @@ width, so this port has no regressor.
 import tensorflow as tf
 
 from sskd_tf.distill.base import METHODS, DistillationMethod
+from sskd_tf.errors import UserError
 
 
 def attention_map(feature_map):
@@ -28,13 +29,13 @@ def attention_map(feature_map):
 def attention_transfer_loss(student_features, teacher_features, beta):
     """beta/2 times the sum over taps of mean((Q_S - Q_T)^2); the teacher gets no gradient."""
     if len(student_features) != len(teacher_features):
-        raise ValueError(
+        raise UserError(
             f"the student has {len(student_features)} taps and the teacher {len(teacher_features)}"
         )
     per_tap = []
     for tap, (student, teacher) in enumerate(zip(student_features, teacher_features)):
         if tuple(student.shape[1:3]) != tuple(teacher.shape[1:3]):
-            raise ValueError(
+            raise UserError(
                 f"tap {tap}: attention maps need equal spatial sizes, got student "
                 f"{tuple(student.shape[1:3])} and teacher {tuple(teacher.shape[1:3])}"
             )

@@ -5,8 +5,11 @@ projections, extra classifier heads) are tracked, checkpointed and trained with
 the student. The training step calls it with both networks' outputs and adds
 the returned terms to the distillation loss.
 """
+import inspect
+
 import keras
 
+from sskd_tf.errors import UserError
 from sskd_tf.registry import Registry
 
 METHODS = Registry("distillation method")
@@ -57,6 +60,24 @@ class DistillationMethod(keras.layers.Layer):
         return {}
 
 
+def method_options(method_class):
+    """The option names a method's constructor takes (its own and DistillationMethod's)."""
+    names = set()
+    for cls in method_class.__mro__[:method_class.__mro__.index(DistillationMethod) + 1]:
+        if "__init__" in vars(cls):
+            names.update(name for name, parameter in inspect.signature(cls.__init__).parameters.items()
+                         if name != "self" and parameter.kind not in (parameter.VAR_KEYWORD,
+                                                                      parameter.VAR_POSITIONAL))
+    return names
+
+
 def build_method(name, **hparams):
-    """Instantiate the registered method `name` with `hparams` overriding its defaults."""
-    return METHODS.get(name)(name=name, **hparams)
+    """Instantiate the registered method `name` with `hparams` overriding its defaults;
+    an option it does not take is a UserError naming those it does."""
+    method_class = METHODS.get(name)
+    known = method_options(method_class)
+    unknown = sorted(set(hparams) - known)
+    if unknown:
+        raise UserError(f"--method_options: {name} takes no {', '.join(unknown)}; its options: "
+                        f"{', '.join(sorted(known))}")
+    return method_class(name=name, **hparams)

@@ -25,6 +25,7 @@ import keras
 import tensorflow as tf
 
 from sskd_tf.distill.base import METHODS, DistillationMethod
+from sskd_tf.errors import UserError
 
 AUTHORS_INIT_EPOCHS = 40
 
@@ -44,13 +45,13 @@ def build_regressors(student_shapes, teacher_shapes):
     """One regressor per tap whose student width differs from the teacher's, else
     None. Taps must agree in spatial size."""
     if len(student_shapes) != len(teacher_shapes):
-        raise ValueError(
+        raise UserError(
             f"the student has {len(student_shapes)} taps and the teacher {len(teacher_shapes)}"
         )
     regressors = []
     for tap, (student, teacher) in enumerate(zip(student_shapes, teacher_shapes)):
         if tuple(student[1:3]) != tuple(teacher[1:3]):
-            raise ValueError(
+            raise UserError(
                 f"tap {tap}: student map {tuple(student[1:])} and teacher map "
                 f"{tuple(teacher[1:])} must have the same spatial size"
             )

@@ -22,6 +22,7 @@ batch mean of sum((G_T - G_S)^2) / 2. Two normalisations, `normalisation=`:
 import tensorflow as tf
 
 from sskd_tf.distill.base import METHODS, DistillationMethod
+from sskd_tf.errors import UserError
 
 NORMALISATIONS = ("kd_methods", "eccv2018")
 KD_METHODS_WEIGHT = 1e-3
@@ -36,7 +37,7 @@ def fsp_matrix(top, bottom):
         ratio = top_h // bottom_h
         top = tf.nn.max_pool2d(top, ratio, ratio, "VALID")
     if tuple(top.shape[1:3]) != tuple(bottom.shape[1:3]):
-        raise ValueError(
+        raise UserError(
             f"cannot pool a {tuple(top.shape[1:3])} map to {tuple(bottom.shape[1:3])}"
         )
     _, h, w, _ = bottom.shape
@@ -50,9 +51,9 @@ def fsp_loss(student_features, teacher_features, normalisation="kd_methods"):
     sum((G_T - G_S)^2) / 2, divided by sum(D_top * D_bottom) for "eccv2018".
     The teacher gets no gradient."""
     if normalisation not in NORMALISATIONS:
-        raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
+        raise UserError(f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}")
     if len(student_features) != len(teacher_features) or len(student_features) < 2:
-        raise ValueError("FSP needs the same number (at least 2) of student and teacher taps")
+        raise UserError("FSP needs the same number (at least 2) of student and teacher taps")
     per_pair, matrix_sizes = [], 0
     for pair in range(len(student_features) - 1):
         student = fsp_matrix(student_features[pair], student_features[pair + 1])
@@ -60,7 +61,7 @@ def fsp_loss(student_features, teacher_features, normalisation="kd_methods"):
             tf.stop_gradient(teacher_features[pair]), tf.stop_gradient(teacher_features[pair + 1])
         )
         if student.shape[1:] != teacher.shape[1:]:
-            raise ValueError(
+            raise UserError(
                 f"taps {pair}-{pair + 1}: student FSP matrix {tuple(student.shape[1:])} and "
                 f"teacher FSP matrix {tuple(teacher.shape[1:])} differ; widths must match"
             )
@@ -78,7 +79,7 @@ class FSP(DistillationMethod):
 
     def __init__(self, normalisation="kd_methods", weight=None, init_epochs=None, **kwargs):
         if normalisation not in NORMALISATIONS:
-            raise ValueError(
+            raise UserError(
                 f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}"
             )
         kd_methods = normalisation == "kd_methods"

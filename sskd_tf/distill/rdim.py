@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from sskd_tf.distill.base import METHODS, DistillationMethod
 from sskd_tf.distill.fitnet import apply_regressors, build_regressors
+from sskd_tf.errors import UserError
 
 PROJECTIONS = ("random", "pca")
 DEFAULT_DIM_DIVISOR = 4
@@ -73,7 +74,7 @@ class RdimKD(DistillationMethod):
     ):
         super().__init__(**kwargs)
         if projection not in PROJECTIONS:
-            raise ValueError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
+            raise UserError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
         self.projection = projection
         self.dim = None if dim is None else int(dim)
         self.weight = float(weight)
@@ -120,7 +121,7 @@ class RdimKD(DistillationMethod):
             for tap_statistics, feature_map in zip(statistics, features):
                 tap_statistics.update(feature_map)
         if statistics is None:
-            raise ValueError("the training dataset is empty: cannot estimate the PCA projection")
+            raise UserError("the training dataset is empty: cannot estimate the PCA projection")
         self._pca_directions = [
             principal_directions(s.covariance(), self.subspace_size(s.width))
             for s in statistics

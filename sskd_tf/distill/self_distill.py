@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from sskd_tf.distill.base import METHODS, DistillationMethod
 from sskd_tf.distill.soft_logits import soft_logits_loss
+from sskd_tf.errors import UserError
 
 BATCH_NORM = {"momentum": 0.9, "epsilon": 1e-5}
 
@@ -170,7 +171,7 @@ class SelfDistillation(DistillationMethod):
     def build(self, student_out_shape):
         taps = student_out_shape["features"]
         if len(taps) < 2:
-            raise ValueError("self-distillation needs 2 or more taps: shallow exits and the last")
+            raise UserError("self-distillation needs 2 or more taps: shallow exits and the last")
         num_classes = student_out_shape["logits"][-1]
         self.heads = []
         for index, tap_shape in enumerate(taps[:-1]):

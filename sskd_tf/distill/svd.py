@@ -31,6 +31,7 @@ import tensorflow as tf
 
 from sskd_tf import linalg, linalg_batched
 from sskd_tf.distill.base import METHODS, DistillationMethod
+from sskd_tf.errors import UserError
 
 VARIANTS = ("svd", "eid", "eccv")
 # Where the decompositions run (see `decomposition_device`).
@@ -45,16 +46,16 @@ def _finite_or_zero(x):
 
 def _check_feature_maps(student_feats, teacher_feats):
     if len(student_feats) != len(teacher_feats):
-        raise ValueError(
+        raise UserError(
             f"the student has {len(student_feats)} distillation taps and the teacher "
             f"{len(teacher_feats)}; they must be paired one to one"
         )
     if len(student_feats) < 2:
-        raise ValueError("KD-SVD relates consecutive taps: give at least 2 feature maps")
+        raise UserError("KD-SVD relates consecutive taps: give at least 2 feature maps")
     for tap, (student, teacher) in enumerate(zip(student_feats, teacher_feats)):
         s_shape, t_shape = tuple(student.shape[1:]), tuple(teacher.shape[1:])
         if len(s_shape) != 3 or s_shape != t_shape:
-            raise ValueError(
+            raise UserError(
                 f"tap {tap}: student feature map {s_shape} and teacher feature map {t_shape} "
                 "must be [H, W, D] maps of the same shape"
             )
@@ -228,9 +229,9 @@ def _eccv_loss(student_feats, teacher_feats, decompose_student, decompose_teache
 
 
 def check_backend(backend):
-    """Raise a ValueError naming the choices unless `backend` is one of BACKENDS."""
+    """Raise a UserError naming the choices unless `backend` is one of BACKENDS."""
     if backend not in BACKENDS:
-        raise ValueError(f"unknown SVD backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
+        raise UserError(f"unknown SVD backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
 
 
 def _decomposition(variant, gradient, backend, components):
@@ -325,9 +326,9 @@ def svd_kd_loss(student_feats, teacher_feats, variant="svd", gradient="original"
     with no mean and no weight factor, as the original.
     """
     if variant not in VARIANTS:
-        raise ValueError(f"unknown KD-SVD variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
+        raise UserError(f"unknown KD-SVD variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
     if gradient not in ("original", "exact"):
-        raise ValueError(f"unknown SVD gradient {gradient!r}; choose one of: original, exact")
+        raise UserError(f"unknown SVD gradient {gradient!r}; choose one of: original, exact")
     check_backend(backend)
     _check_feature_maps(student_feats, teacher_feats)
     teacher_feats = [tf.stop_gradient(t) for t in teacher_feats]
@@ -379,7 +380,7 @@ class KDSVD(DistillationMethod):
                   "student_extra_components": (student_extra_components, 0), "weight": (weight, 0)}
         for option, (value, lowest) in limits.items():
             if value < lowest:
-                raise ValueError(f"{self.name}: {option}={value} is out of range (at least {lowest})")
+                raise UserError(f"{self.name}: {option}={value} is out of range (at least {lowest})")
         self.gradient = gradient
         self.backend = backend
         self.weight = float(weight)
@@ -396,7 +397,7 @@ class KDSVD(DistillationMethod):
                 self.projections.append(None)
                 continue
             if tuple(student[1:3]) != tuple(teacher[1:3]):
-                raise ValueError(
+                raise UserError(
                     f"tap {tap}: student map {tuple(student[1:])} and teacher map "
                     f"{tuple(teacher[1:])} differ in spatial size; a 1x1 projection "
                     "only changes the width")

@@ -12,8 +12,9 @@ Layouts:
   (layer names of its `nets/WResNet.py`); its `nets/tcl.py` layers store BN vectors as
   [1, 1, 1, C] and the dense bias as [1, C], and so does `save_mat_weights`.
 
-Any mismatch between a file and the model (missing or extra names, shapes) raises a
-ValueError naming the first few, and nothing is assigned.
+Any mismatch between a file and the model (missing or extra names, shapes, values
+that are not real numbers) raises a UserError naming the first few, and nothing is
+assigned.
 """
 import dataclasses
 import re
@@ -23,6 +24,7 @@ import keras
 import numpy as np
 import scipy.io
 
+from sskd_tf.errors import UserError
 from sskd_tf.registry import Registry
 
 _FIRST_FEW = 3
@@ -118,9 +120,9 @@ def _read_arrays(path):
     try:
         contents = scipy.io.loadmat(path, appendmat=False)
     except FileNotFoundError:
-        raise ValueError(f"no .mat file at {path}") from None
+        raise UserError(f"no .mat file at {path}") from None
     except Exception as error:  # scipy signals a damaged file with many exception types
-        raise ValueError(
+        raise UserError(
             f"cannot read {path} as a .mat file: {_one_line(error) or type(error).__name__}"
         ) from None
     return {name: value for name, value in contents.items() if not name.startswith("__")}
@@ -151,6 +153,8 @@ def _mismatches(arrays, entries):
         for name in sorted(entries.keys() & arrays.keys())
         if _without_ones(arrays[name].shape) != _without_ones(entries[name][1])
     ]
+    not_numbers = [f"{name} is {arrays[name].dtype}" for name in sorted(entries.keys() & arrays.keys())
+                   if not _real_numbers(arrays[name])]
     problems = []
     if missing:
         problems.append(f"{len(missing)} missing: {_first_few(missing)}")
@@ -158,7 +162,13 @@ def _mismatches(arrays, entries):
         problems.append(f"{len(unexpected)} not in the model: {_first_few(unexpected)}")
     if misshapen:
         problems.append(f"{len(misshapen)} with another shape: {_first_few(misshapen)}")
+    if not_numbers:
+        problems.append(f"{len(not_numbers)} not real numbers: {_first_few(not_numbers)}")
     return problems
+
+
+def _real_numbers(array):
+    return np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
 
 
 def load_mat_weights(model, path, layout):
@@ -174,7 +184,7 @@ def load_mat_weights(model, path, layout):
     entries = _model_entries(model, mat_layout)
     problems = _mismatches(arrays, entries)
     if problems:
-        raise ValueError(f"{path} does not fit model {model.name} (layout {layout!r}): "
+        raise UserError(f"{path} does not fit model {model.name} (layout {layout!r}): "
                          + "; ".join(problems))
     for name, (weight, _) in entries.items():
         weight.assign(np.reshape(arrays[name], weight.shape).astype(weight.dtype))

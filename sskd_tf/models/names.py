@@ -80,13 +80,13 @@ def choices():
 
 
 def parse_model_name(name):
-    """Return (module, build keyword arguments) for `name`; ValueError if it is unknown."""
+    """Return (module, build keyword arguments) for `name`; UserError if it is unknown."""
     for pattern in MODELS.names():
         family = MODELS.get(pattern)
         arguments = family.parse(name)
         if arguments is not None:
             return family.module, arguments
-    raise ValueError(f"unknown model {name!r}; choose one of: {choices()}")
+    raise UserError(f"unknown model {name!r}; choose one of: {choices()}")
 
 
 def is_model_name(name):

@@ -33,6 +33,7 @@ from matplotlib.ticker import MaxNLocator
 
 from sskd_tf import data as datasets
 from sskd_tf.distill import METHODS, build_method
+from sskd_tf.errors import UserError
 from sskd_tf.modes.run_config import config_from_flags, method_options
 from sskd_tf.training.callbacks import read_history
 from sskd_tf.training.run import (RESULTS_FILE, build_student, run_datasets, teacher_weights_path,
@@ -91,7 +92,7 @@ def _init_epochs(config):
     try:
         return build_method(config.method, **config.method_options).init_epochs
     except (TypeError, ValueError) as error:
-        raise ValueError(f"--method_options do not fit {config.method}: {error}") from None
+        raise UserError(f"--method_options do not fit {config.method}: {error}") from None
 
 
 def _finished(config, init_epochs):
@@ -107,7 +108,7 @@ def _finished(config, init_epochs):
     stale = [f"{name} {results[name]} (not {expected[name]})" for name in CHECKED_FIELDS
              if results[name] != expected[name]]
     if stale:
-        raise ValueError(f"{config.train_dir} holds a finished run with {', '.join(stale)}; "
+        raise UserError(f"{config.train_dir} holds a finished run with {', '.join(stale)}; "
                          "pass --overwrite to retrain it or choose another --train_dir")
     if config.verbose:
         print(f"Reusing the finished run in {config.train_dir}", flush=True)

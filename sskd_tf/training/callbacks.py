@@ -12,7 +12,8 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from sskd_tf.errors import TrainingDiverged
+from sskd_tf.errors import TrainingDiverged, UserError
+from sskd_tf.training import files
 
 HISTORY_FILE = "history.csv"
 SETTINGS_TAG = "run_settings"
@@ -20,7 +21,7 @@ CHECKPOINT_DIR = "checkpoints"
 
 
 def _unreadable(path, error):
-    return ValueError(
+    return UserError(
         f"cannot resume from {path} ({type(error).__name__}: {str(error).splitlines()[0]}); "
         "delete its checkpoints/ or pass --overwrite")
 
@@ -104,7 +105,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         now = time.monotonic()
         self.wall_time.assign_add(now - self._started)
         self._started = now
-        self.manager.save()
+        with files.writing("a checkpoint", self.manager.directory):
+            self.manager.save()
 
     def on_train_batch_end(self, batch, logs=None):
         self._steps += 1

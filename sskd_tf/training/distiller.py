@@ -201,6 +201,25 @@ class Distiller(keras.Model):
             self.term_trackers[name] = keras.metrics.Mean(name=f"{name}_loss")
         super().build(input_shape)
 
+    @staticmethod
+    def _logs(values):
+        """The step's logs as Keras reduces them: over several workers it averages
+        every value with strategy.reduce(axis=0), which needs a leading axis, so
+        the scalars get one there (the reduced logs are scalars again)."""
+        extended = tf.distribute.get_strategy().extended
+        if getattr(extended, "_in_multi_worker_mode", lambda: False)():
+            return {name: tf.reshape(value, [1]) for name, value in values.items()}
+        return values
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        """Keras builds a model before fit from one batch averaged over replicas with
+        strategy.reduce, which fails under MultiWorkerMirroredStrategy with two or
+        more workers ("Attempt to convert a value (PerReplica...)": it reduces the
+        (images, labels) tuple). `build` has made every part already, so no batch
+        is needed."""
+        del iterator, data_batch
+        super()._maybe_symbolic_build()
+
     def _replicas(self):
         return tf.distribute.get_strategy().num_replicas_in_sync
 
@@ -336,7 +355,7 @@ class Distiller(keras.Model):
         self.trackers["skipped_steps"].update_state(
             (1.0 - tf.cast(finite, tf.float32)) / self._replicas())
         self._update_metrics(labels, student_out["logits"], ce, wd, terms, clip_ratio, finite)
-        return {m.name: m.result() for m in self.metrics}
+        return self._logs({m.name: m.result() for m in self.metrics})
 
     def _update_loss_scale(self, finite):
         """Halve the loss scale after a non-finite step (not below 1); double it after
@@ -382,7 +401,7 @@ class Distiller(keras.Model):
             metric.update_state(labels, logits)
         results = {"loss": self.trackers["loss"].result()}
         results.update({metric.name: metric.result() for metric in self.task_metrics})
-        return results
+        return self._logs(results)
 
 
 def _as_float32(outputs):

@@ -1,11 +1,71 @@
 """Writing a run's outputs so that a failure never leaves a half-written file:
-everything goes to a temporary name in the same directory, then is renamed."""
+everything goes to a temporary name in the same directory, then is renamed. A
+write that fails because the disk is full or the directory is not writable is
+the user's to fix (`UserError`); what it left behind is removed first."""
+import contextlib
+import errno
+import glob
 import json
 import os
 import shutil
 import tempfile
 
+import tensorflow as tf
+
 from sskd_tf import models
+from sskd_tf.errors import UserError
+
+# Errors of the file system that the user fixes (space, quota, permissions), not us.
+DISK_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EACCES, errno.EPERM, errno.EROFS,
+               errno.EIO)
+
+
+def disk_problem(error):
+    """The file-system reason (e.g. "No space left on device") of an OSError or a
+    TensorFlow I/O error, or None when `error` is something else."""
+    if isinstance(error, OSError):
+        return error.strerror if error.errno in DISK_ERRNOS else None
+    if isinstance(error, tf.errors.OpError):
+        return next((os.strerror(code) for code in DISK_ERRNOS
+                     if os.strerror(code) in error.message), None)
+    return None
+
+
+@contextlib.contextmanager
+def writing(what, directory):
+    """Run a write of `what` into `directory`; on a file-system failure, remove
+    every entry the write added to `directory` and raise a one-line UserError."""
+    before = set(os.listdir(directory)) if os.path.isdir(directory) else set()
+    try:
+        yield
+    except (OSError, tf.errors.OpError) as error:
+        reason = disk_problem(error)
+        if reason is None:
+            raise
+        if os.path.isdir(directory):
+            for entry in set(os.listdir(directory)) - before:
+                _remove(os.path.join(directory, entry))
+        raise UserError(f"cannot write {what} in {directory}: {reason}; free some space (or fix "
+                        "its permissions) and run the same command again: it resumes from the "
+                        "last complete checkpoint") from None
+
+
+def ensure_writable_dir(path, flag="--train_dir"):
+    """Create directory `path` if needed and check that a file can be written in it."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as error:
+        raise UserError(f"{flag}={path} is not a writable directory ({error.strerror}); "
+                        f"choose another {flag}") from None
+
+
+def _remove(path):
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path, ignore_errors=True)
+    elif os.path.lexists(path):
+        os.remove(path)
 
 
 def write_json(path, payload):
@@ -39,6 +99,17 @@ def save_student(student, train_dir):
         _replace_path(export_dir, os.path.join(train_dir, "student_export"))
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
+
+
+def remove_leftovers(train_dir):
+    """Remove what a run killed while writing left behind: the temporary files of
+    `write_json` and `save_student`, and a checkpoint whose save had not finished
+    (TensorFlow writes it under `<prefix>_temp/` and renames it when complete)."""
+    patterns = [os.path.join(train_dir, ".saving-*"), os.path.join(train_dir, "tmp*.tmp"),
+                os.path.join(train_dir, "checkpoints", "*_temp")]
+    for pattern in patterns:
+        for path in glob.glob(pattern):
+            _remove(path)
 
 
 def clear_run(train_dir):

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import time
+import zipfile
 
 import keras
 import tensorflow as tf
@@ -23,9 +24,10 @@ import tensorflow as tf
 from sskd_tf import data as datasets
 from sskd_tf import models
 from sskd_tf.distill import METHODS, build_method
+from sskd_tf.errors import UserError
 from sskd_tf.models.mat_weights import load_mat_weights
 from sskd_tf.training import callbacks as run_callbacks
-from sskd_tf.training import files
+from sskd_tf.training import files, multi_worker
 from sskd_tf.training.distiller import Distiller
 from sskd_tf.training.optimizers import build_optimizer
 from sskd_tf.training.recipes import RECIPES
@@ -124,29 +126,31 @@ def weight_mismatches(model, source):
 
 def load_teacher_weights(teacher, path):
     """Weights from a Keras file (.keras / .weights.h5) or the authors' .mat; a file
-    of another architecture is refused before any weight is assigned."""
+    of another architecture is refused before any weight is assigned. A .keras file
+    is read in Keras' safe mode: one holding code (a Lambda layer) or classes this
+    project does not define is refused, and nothing in it runs."""
     if not os.path.exists(path):
-        raise ValueError(f"--teacher_weights: no such file {path!r}")
+        raise UserError(f"--teacher_weights: no such file {path!r}")
     if path.endswith(".mat"):
         family, _ = models.parse_model_name(teacher.name)
         load_mat_weights(teacher, path, family)
     elif path.endswith(".keras"):
         try:
-            saved = keras.saving.load_model(path, compile=False)
-        except (ValueError, OSError) as error:
-            raise ValueError(f"--teacher_weights: cannot read {path!r}: {str(error).splitlines()[0]}") from None
+            saved = keras.saving.load_model(path, compile=False, safe_mode=True)
+        except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as error:
+            raise UserError(f"--teacher_weights: cannot read {path!r}: {str(error).splitlines()[0]}") from None
         problems = weight_mismatches(teacher, saved)
         if problems:
-            raise ValueError(f"--teacher_weights {path!r} does not fit {teacher.name}: {'; '.join(problems)}")
+            raise UserError(f"--teacher_weights {path!r} does not fit {teacher.name}: {'; '.join(problems)}")
         teacher.set_weights(saved.get_weights())
     elif path.endswith(".weights.h5"):
         try:
             teacher.load_weights(path)
         except (ValueError, OSError) as error:
-            raise ValueError(f"--teacher_weights {path!r} does not fit {teacher.name}: "
+            raise UserError(f"--teacher_weights {path!r} does not fit {teacher.name}: "
                              f"{str(error).splitlines()[0]}") from None
     else:
-        raise ValueError(f"--teacher_weights {path!r}: expected a .keras, .weights.h5 or .mat file")
+        raise UserError(f"--teacher_weights {path!r}: expected a .keras, .weights.h5 or .mat file")
 
 
 def _check_cached_teacher(config, results_path):
@@ -158,7 +162,7 @@ def _check_cached_teacher(config, results_path):
     differences = [f"{name} {cached.get(name)!r} (asked: {value!r})"
                    for name, value in wanted.items() if cached.get(name) != value]
     if differences:
-        raise ValueError(
+        raise UserError(
             f"{os.path.dirname(results_path)} holds a teacher trained with "
             f"{', '.join(differences)}; use another --train_dir or pass --teacher_weights")
 
@@ -217,12 +221,13 @@ def build_student(config, info):
 def _check_run_dir(config):
     results = os.path.join(config.train_dir, RESULTS_FILE)
     if os.path.exists(results) and not config.overwrite:
-        raise ValueError(
+        raise UserError(
             f"{config.train_dir} holds a finished run; pass --overwrite to replace it "
             "or choose another --train_dir")
     if config.overwrite:
         files.clear_run(config.train_dir)
-    os.makedirs(config.train_dir, exist_ok=True)
+    files.ensure_writable_dir(config.train_dir)
+    files.remove_leftovers(config.train_dir)
 
 
 def build_distiller(config, method, teacher, student, steps_in_epoch):
@@ -264,6 +269,16 @@ def _results(config, history_rows, wall_time, teacher_accuracy, total_epochs):
 def train(config):
     """Run `config` to the end (resuming from its last checkpoint) and return its results."""
     config = config.resolved()
+    if config.strategy != "multi_worker":
+        return _train(config)
+    with multi_worker.lost_workers_reported():
+        if multi_worker.is_chief():
+            return _train(config)
+        with multi_worker.scratch_run_dir(config.train_dir, config.overwrite) as scratch:
+            return _train(dataclasses.replace(config, train_dir=scratch))
+
+
+def _train(config):
     _check_run_dir(config)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
@@ -312,8 +327,9 @@ def train(config):
     wall_time = time.time() - start + previous_time
     results = _results(config, run_callbacks.read_history(config.train_dir), wall_time,
                        teacher_accuracy, total_epochs)
-    files.save_student(student, config.train_dir)
-    files.write_json(os.path.join(config.train_dir, RESULTS_FILE), results)
+    with files.writing("the final student and results", config.train_dir):
+        files.save_student(student, config.train_dir)
+        files.write_json(os.path.join(config.train_dir, RESULTS_FILE), results)
     _log(config, format_results(results))
     return results
 

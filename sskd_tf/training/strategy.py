@@ -1,6 +1,8 @@
 """Distribution strategies of `--strategy`."""
 import tensorflow as tf
 
+from sskd_tf.errors import UserError
+
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
 
@@ -31,4 +33,4 @@ def make_strategy(name, cpu_replicas=2):
         return tf.distribute.MirroredStrategy(devices)
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
-    raise ValueError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
+    raise UserError(f"unknown strategy {name!r}; choose one of: {', '.join(STRATEGIES)}")
