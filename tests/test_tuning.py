@@ -5,16 +5,13 @@ import glob
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
-import textwrap
 import time
 import urllib.error
 import urllib.request
 
-import numpy as np
 import pytest
 import tensorflow as tf
 from tensorboard.plugins.hparams import plugin_data_pb2
@@ -255,42 +252,3 @@ def test_tensorboard_serves_the_scalars_and_the_hparams_of_a_search(searched):
         server.terminate()
         server.wait(timeout=60)
 
-
-TUNE_SCRIPT = textwrap.dedent("""
-    import sys
-    from sskd_tf import tuning
-    from sskd_tf.training.run import RunConfig
-    tuning.search(RunConfig(train_dir=sys.argv[1], **%r), tuner="random", max_trials=2, epochs=1)
-""" % TINY)
-
-
-def test_a_search_killed_during_a_trial_resumes_with_the_same_trials(searched, tmp_path):
-    """SIGKILL in the second trial; run again, the search ends as the uninterrupted one."""
-    train_dir = tmp_path / "search"
-    shutil.copytree(os.path.join(searched[0], "teacher"), train_dir / "teacher")
-    command = [sys.executable, "-c", TUNE_SCRIPT, str(train_dir)]
-    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-    process = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 900
-    while not os.path.isdir(train_dir / "tune" / "trial_1"):
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.time() < deadline, "the second trial did not start"
-        time.sleep(0.1)
-    time.sleep(np.random.default_rng().uniform(0.0, 3.0))
-    assert process.poll() is None, "the search ended before it could be killed"
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert not os.path.exists(train_dir / "tune" / "best.flags")
-    finished = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                              timeout=900)
-    assert finished.returncode == 0, finished.stderr[-3000:]
-    with open(train_dir / "tune" / "trials.csv", newline="") as handle:
-        resumed = list(csv.DictReader(handle))
-    expected = searched[1]
-    assert [row["trial"] for row in resumed] == [row["trial"] for row in expected]
-    assert all(row["status"] == "COMPLETED" for row in resumed)
-    for row, reference in zip(resumed, expected):
-        for name in SVD_SPACE:
-            assert float(row[name]) == pytest.approx(float(reference[name]), rel=1e-12), name
-        assert float(row["val_accuracy"]) == pytest.approx(reference["val_accuracy"], abs=1e-6)
