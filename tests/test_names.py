@@ -23,14 +23,14 @@ def test_method_names_are_the_registry():
 def test_svd_gradients_are_the_ones_the_loss_accepts():
     import tensorflow as tf
 
-    from sskd_tf.distill.svd import svd_kd_loss
+    from sskd_tf.distill.svd import GRADIENTS, svd_kd_loss
     maps = [tf.random.stateless_normal([2, 4, 4, 3], [0, tap]) for tap in range(2)]
-    for gradient in distill_names.SVD_GRADIENTS:
+    for gradient in GRADIENTS:
         assert float(svd_kd_loss(maps, maps, gradient=gradient)) >= 0.0
     try:
         svd_kd_loss(maps, maps, gradient="other")
     except ValueError as error:
-        assert all(name in str(error) for name in distill_names.SVD_GRADIENTS)
+        assert all(name in str(error) for name in GRADIENTS)
     else:
         raise AssertionError("an unknown gradient was accepted")
 
