@@ -16,6 +16,7 @@ import time
 
 from benchmarks import decomposition, isolated, pipeline, report, timing
 from benchmarks import steps as step_cases
+from sskd_tf.distill.svd import BACKENDS
 
 PARTS = ("steps", "decomposition", "memory", "pipeline", "xla")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
@@ -34,7 +35,7 @@ def parse_args(argv=None):
     parser.add_argument("--methods", default="",
                         help="comma-separated methods to time in part `steps` (default: all); "
                              "rows (a) and (b) always run")
-    parser.add_argument("--backends", default="svd,gram,hybrid,batched",
+    parser.add_argument("--backends", default=",".join(BACKENDS),
                         help="KD-SVD family backends to time in part `steps`")
     parser.add_argument("--no_jit", action="store_true", help="skip the XLA rows of part `steps`")
     parser.add_argument("--memory_steps", type=int, default=3)

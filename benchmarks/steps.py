@@ -14,12 +14,13 @@ import tensorflow as tf
 
 from sskd_tf import models
 from sskd_tf.distill import METHODS, DistillationMethod, build_method
+from sskd_tf.distill.catalog import catalog
+from sskd_tf.distill.svd import BACKENDS
 from sskd_tf.training.run import RunConfig, build_distiller
 from sskd_tf.training.schedule import steps_per_epoch
 
 STUDENT_ONLY = "(a) student"
 WITH_TEACHER = "(b) student + teacher forward"
-SVD_FAMILY = ("svd", "eid", "svd_eccv")
 SUM_RULE = "svd, sum rule"
 CIFAR_TRAIN_IMAGES = 50_000
 
@@ -57,7 +58,13 @@ class StepCase:
 PINNED = "svd [svd], decomposition_device=cpu"
 
 
-def default_cases(backends=("svd", "gram", "hybrid", "batched"), jit_cases=True):
+def _backends_of(method):
+    """The decomposition backends a method takes (its `backend` command-line option)."""
+    return next((option.choices for option in catalog().options_of(method)
+                 if option.option == "backend"), ())
+
+
+def default_cases(backends=BACKENDS, jit_cases=True):
     """Rows (a), (b), every registered method (the KD-SVD family once per backend),
     the sum-rule diagnostic (its difference from the clipped step does not depend on
     the backend: timed with "gram") and the XLA rows when `jit_cases`."""
@@ -65,8 +72,9 @@ def default_cases(backends=("svd", "gram", "hybrid", "batched"), jit_cases=True)
     for name in METHODS.names():
         if name == "none":
             continue
-        if name in SVD_FAMILY:
-            cases += [StepCase(f"{name} [{b}]", name, (("backend", b),)) for b in backends]
+        if _backends_of(name):
+            cases += [StepCase(f"{name} [{b}]", name, (("backend", b),))
+                      for b in backends if b in _backends_of(name)]
         else:
             cases.append(StepCase(name, name))
     cases += [StepCase(f"{SUM_RULE} [{b}]", "svd_sum", (("backend", b),))

@@ -2,7 +2,7 @@
 unset take the recipe's value (docs/method.md section 5)."""
 from absl import flags
 
-from sskd_tf.training.recipes import OPTIMIZER_NAMES, RECIPES
+from sskd_tf.training.recipes import OPTIMIZER_NAMES, RECIPES, decay_points
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
@@ -39,11 +39,6 @@ flags.DEFINE_integer("max_consecutive_skips", 20,
                      "Steps with a non-finite loss or gradient are skipped; stop the run after "
                      "this many in a row.", lower_bound=1)
 flags.DEFINE_bool("overwrite", False, "Replace a finished run in --train_dir.")
-
-
-def decay_points(values):
-    """--lr_decay_points as floats, or None."""
-    return None if values is None else tuple(float(v) for v in values)
 
 
 def _valid_decay_points(values):

@@ -28,6 +28,7 @@ from keras_tuner.engine import hyperparameters as hp_types
 from tensorboard.plugins.hparams import api as hparams_api
 
 from sskd_tf.distill import METHODS, build_method
+from sskd_tf.distill.catalog import flag_of_option
 from sskd_tf.errors import SearchFailed, UserError
 from sskd_tf.training import files
 from sskd_tf.training.callbacks import NonFiniteGuard
@@ -44,9 +45,6 @@ TUNE_DIR = "tune"
 SETTINGS_FILE = "search.json"
 UNCHECKED_SETTINGS = ("train_dir", "data_dir", "strategy", "jit", "deterministic", "overwrite",
                       "verbose")
-FLAG_OF_OPTION = {"gradient": "svd_gradient", "backend": "svd_backend",
-                  "decomposition_device": "decomposition_device",
-                  "project_student": "project_student"}
 
 
 def search_space(config):
@@ -254,7 +252,7 @@ def write_flagfile(path, config, row, teacher_weights):
     recipe's epochs) in train_dir/best, reusing the search's teacher."""
     options = {**config.method_options, **method_values(row)}
     flag_values = {"mode": "train", "method": config.method}
-    for option, flag in FLAG_OF_OPTION.items():
+    for option, flag in flag_of_option(config.method).items():
         if option in options:
             flag_values[flag] = options.pop(option)
     flag_values["method_options"] = [f"{name}={value!r}" if isinstance(value, float)

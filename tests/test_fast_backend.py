@@ -10,7 +10,6 @@ import tensorflow as tf
 from absl import flags as absl_flags
 
 import flags  # noqa: F401  (defines the flags of main.py)
-from flags.distill import SVD_BACKENDS
 from sskd_tf import linalg
 from sskd_tf.distill import build_method
 from sskd_tf.distill.svd import BACKENDS, svd_kd_loss
@@ -243,10 +242,6 @@ def test_unknown_backend_is_a_clear_error():
     maps = [tf.zeros((1, 2, 2, 2))] * 2
     with pytest.raises(ValueError, match=message):
         svd_kd_loss(maps, maps, backend="lapack")
-
-
-def test_flag_names_the_backends_of_the_loss():
-    assert SVD_BACKENDS == BACKENDS
 
 
 @pytest.mark.parametrize("method,expected", [("svd", "hybrid"), ("eid", "hybrid"), ("at", None)])

@@ -1,5 +1,6 @@
-"""Names of the registered distillation methods, free of TensorFlow for flag
-validation; a test checks they equal the registry's."""
-METHOD_NAMES = ("none", "svd", "eid", "svd_eccv", "soft_logits", "fitnet", "at", "fsp",
-                "rdim", "self_distill")
-SVD_GRADIENTS = ("original", "exact")
+"""Names of the distillation methods, read from their modules without importing
+TensorFlow (`catalog.py`), for the command line's flags; a test checks them
+against the registry."""
+from sskd_tf.distill.catalog import catalog
+
+METHOD_NAMES = catalog().method_names

@@ -34,9 +34,36 @@ from sskd_tf.distill.base import METHODS, DistillationMethod
 from sskd_tf.errors import UserError
 
 VARIANTS = ("svd", "eid", "eccv")
+# main.py's flags for the methods of this module, read without importing it
+# (distill/catalog.py): literals only.
+COMMAND_LINE_OPTIONS = {
+    "svd_gradient": {
+        "option": "gradient", "default": "original", "choices": ("original", "exact"),
+        "help": "KD-SVD / KD-EID backward pass: original (the authors' formula, faithful) or "
+                "exact (the true SVD gradient, guarded against degenerate spectra)."},
+    "svd_backend": {
+        "option": "backend", "default": "svd", "choices": ("svd", "gram", "hybrid", "batched"),
+        "help": "KD-SVD / KD-EID decomposition, same gradient formulas in all: svd "
+                "(tf.linalg.svd, faithful), gram (eigh of the smaller Gram matrix: fastest on "
+                "CPU, its own sign rule, so another loss where tf.linalg.svd's teacher signs "
+                "differ), hybrid (tf.linalg.svd only where signs matter: the loss of svd, "
+                "faster) or batched (dense batched operations only, no Svd/Eigh op: the GPU "
+                "route, best with --jit; gram's signs). See docs/benchmarks.md."},
+    "decomposition_device": {
+        "option": "decomposition_device", "default": "auto",
+        "choices": ("auto", "cpu", "accelerator"),
+        "help": "KD-SVD / KD-EID: where the decompositions run. auto (faithful: the host CPU "
+                "whenever the step runs on a GPU/TPU, as the authors), cpu, or accelerator "
+                "(with the step; use with --svd_backend=batched or gram and --jit)."},
+    "project_student": {
+        "option": "project_student", "default": False,
+        "help": "KD-SVD: map student taps of another width to the teacher's with a learned "
+                "1x1 conv + BN (as the authors' TF2 rewrite)."},
+}
+GRADIENTS = COMMAND_LINE_OPTIONS["svd_gradient"]["choices"]
+BACKENDS = COMMAND_LINE_OPTIONS["svd_backend"]["choices"]
 # Where the decompositions run (see `decomposition_device`).
-DECOMPOSITION_DEVICES = ("auto", "cpu", "accelerator")
-BACKENDS = ("svd", "gram", "hybrid", "batched")
+DECOMPOSITION_DEVICES = COMMAND_LINE_OPTIONS["decomposition_device"]["choices"]
 RBF_WIDTH = 8.0
 
 
@@ -327,8 +354,8 @@ def svd_kd_loss(student_feats, teacher_feats, variant="svd", gradient="original"
     """
     if variant not in VARIANTS:
         raise UserError(f"unknown KD-SVD variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
-    if gradient not in ("original", "exact"):
-        raise UserError(f"unknown SVD gradient {gradient!r}; choose one of: original, exact")
+    if gradient not in GRADIENTS:
+        raise UserError(f"unknown SVD gradient {gradient!r}; choose one of: {', '.join(GRADIENTS)}")
     check_backend(backend)
     _check_feature_maps(student_feats, teacher_feats)
     teacher_feats = [tf.stop_gradient(t) for t in teacher_feats]
@@ -373,7 +400,7 @@ class KDSVD(DistillationMethod):
         super().__init__(**kwargs)
         check_backend(backend)
         if decomposition_device not in DECOMPOSITION_DEVICES:
-            raise ValueError(f"{self.name}: decomposition_device={decomposition_device!r}; "
+            raise UserError(f"{self.name}: decomposition_device={decomposition_device!r}; "
                              f"choose one of: {', '.join(DECOMPOSITION_DEVICES)}")
         self.decomposition_device = decomposition_device
         limits = {"teacher_components": (teacher_components, 1), "rbf_width": (rbf_width, 1e-12),

@@ -1,12 +1,12 @@
 """RunConfig from the parsed flags, shared by the modes that train."""
-from flags.distill import parse_method_options
-from flags.train import decay_points
+from sskd_tf.distill.catalog import catalog, parse_method_options
+from sskd_tf.training.recipes import decay_points
 from sskd_tf.training.run import RunConfig
 
-SVD_METHODS = ("svd", "eid", "svd_eccv")
 # RunConfig fields that take the flag of the same name as it is.
 _SAME_NAME_FIELDS = (
-    "teacher", "dataset", "data_dir", "image_size", "validation_split", "recipe", "epochs", "batch_size", "learning_rate",
+    "teacher", "dataset", "data_dir", "image_size", "validation_split", "recipe", "epochs",
+    "batch_size", "learning_rate",
     "lr_decay_rate", "weight_decay", "train_dir", "teacher_weights", "seed", "strategy", "jit",
     "mixed_precision", "deterministic", "max_consecutive_skips", "overwrite", "take_train",
     "take_test", "optimizer", "keras_batch_norm",
@@ -14,13 +14,11 @@ _SAME_NAME_FIELDS = (
 
 
 def method_options(flag_values, method):
-    """--method_options, plus the KD-SVD flags when `method` is of that family."""
+    """--method_options, plus each command-line option of `method` (its module's
+    COMMAND_LINE_OPTIONS, see distill/catalog.py) that --method_options leaves unset."""
     options = parse_method_options(flag_values.method_options)
-    if method in SVD_METHODS:
-        options.setdefault("gradient", flag_values.svd_gradient)
-        options.setdefault("backend", flag_values.svd_backend)
-        options.setdefault("decomposition_device", flag_values.decomposition_device)
-        options.setdefault("project_student", flag_values.project_student)
+    for option in catalog().options_of(method):
+        options.setdefault(option.option, getattr(flag_values, option.flag))
     return options
 
 

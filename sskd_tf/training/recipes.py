@@ -41,3 +41,8 @@ RECIPES.register("eccv2018", Recipe(
     learning_rate=0.01, batch_size=128, epochs=200, lr_decay_points=(0.5, 0.75),
     lr_decay_rate=0.1, weight_decay=1e-4, clip_rule="eccv2018",
 ))
+
+
+def decay_points(values):
+    """--lr_decay_points (strings) as floats, or None."""
+    return None if values is None else tuple(float(v) for v in values)
