@@ -126,14 +126,15 @@ def test_equals_gram_on_the_resnet_taps(variant, gradient):
                                 variant, gradient)
 
 
-@pytest.mark.parametrize("gradient", ["original", "exact"])
-def test_equals_gram_on_signed_maps(gradient):
+def test_equals_gram_on_signed_maps():
     """Non-negative maps have a dominant first component; signed ones a flat spectrum,
     the slowest case for subspace iteration and an ill-conditioned one for float32:
     there gram's own float32 gradient is 1.8e-3 from its float64 one on the wide tap
-    (batched's: 1.1e-4), so the reference is gram in float64."""
+    (batched's: 1.1e-4), so the reference is gram in float64. (Not for "exact": its
+    Lorentzian broadening scales with the dtype's precision, so float64 is another
+    function there.)"""
     _assert_batched_equals_gram(_maps(RESNET_TAPS, 2, seed=5, relu=False),
-                                _maps(RESNET_TAPS, 2, seed=6, relu=False), "svd", gradient,
+                                _maps(RESNET_TAPS, 2, seed=6, relu=False), "svd", "original",
                                 reference_dtype=tf.float64)
 
 
