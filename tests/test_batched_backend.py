@@ -21,6 +21,8 @@ from sskd_tf.distill.svd import decomposition_device, svd_kd_loss
 from sskd_tf.modes.run_config import config_from_flags
 from sskd_tf.training.distiller import Distiller
 
+from toy_networks import toy_network
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESNET_TAPS = [(32, 32, 64), (16, 16, 128), (8, 8, 256)]
 # Ops that decompose a matrix: none may appear in the batched backend's graph.
@@ -169,21 +171,8 @@ def test_equals_gram_under_xla(gradient):
 # ---------------------------------------------------------------- the traced train step
 
 
-def _toy_network(seed):
-    """A network with a tall (8x8x8) and a wide (4x4x32) feature map."""
-    initializer = keras.initializers.RandomNormal(stddev=0.3, seed=seed)
-    inputs = keras.Input((8, 8, 3))
-    first = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
-                                kernel_initializer=initializer)(inputs)
-    second = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu",
-                                 kernel_initializer=initializer)(first)
-    logits = keras.layers.Dense(3, kernel_initializer=initializer)(
-        keras.layers.GlobalAveragePooling2D()(second))
-    return keras.Model(inputs, {"logits": logits, "features": [first, second]})
-
-
 def _distiller(**options):
-    distiller = Distiller(_toy_network(0), build_method("svd", **options), _toy_network(1),
+    distiller = Distiller(toy_network(0), build_method("svd", **options), toy_network(1),
                           steps_in_epoch=2)
     distiller.build((None, 8, 8, 3))
     distiller.compile(optimizer=keras.optimizers.SGD(0.1))
@@ -261,7 +250,8 @@ def test_decompositions_of_a_step_on_the_cpu(choice, expected):
 
 
 _REPLICA_SCRIPT = """
-import json
+import json, sys
+sys.path.insert(0, "tests")
 from sskd_tf.training.strategy import make_strategy
 strategy = make_strategy("mirrored")
 from tests.test_batched_backend import _distiller, _replica_devices

@@ -10,26 +10,16 @@ from sskd_tf.distill import build_method
 from sskd_tf.training.distiller import Distiller
 from sskd_tf.training.precision import dtype_policy
 
+from toy_networks import toy_network
+
 # Unit roundoff of the compute dtype: 2^-11 (float16), 2^-8 (bfloat16).
 ROUNDOFF = {"mixed_float16": 2.0 ** -11, "mixed_bfloat16": 2.0 ** -8}
-
-
-def _network(seed):
-    initializer = keras.initializers.RandomNormal(stddev=0.3, seed=seed)
-    inputs = keras.Input((8, 8, 3))
-    first = keras.layers.Conv2D(8, 3, padding="same", activation="relu",
-                                kernel_initializer=initializer)(inputs)
-    second = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu",
-                                 kernel_initializer=initializer)(first)
-    logits = keras.layers.Dense(3, kernel_initializer=initializer)(
-        keras.layers.GlobalAveragePooling2D()(second))
-    return keras.Model(inputs, {"logits": logits, "features": [first, second]})
 
 
 def _step(precision):
     """(update of every student variable, clip ratio, svd loss, distiller) of one step."""
     with dtype_policy(precision):
-        student, teacher = _network(0), _network(1)
+        student, teacher = toy_network(0), toy_network(1)
     distiller = Distiller(student, build_method("svd", backend="gram"), teacher, steps_in_epoch=2)
     distiller.build((None, 8, 8, 3))
     distiller.compile(optimizer=keras.optimizers.SGD(0.1))
