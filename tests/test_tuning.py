@@ -23,7 +23,7 @@ from flags import tune as tune_flags
 from sskd_tf import tuning
 from sskd_tf.data import digits
 from sskd_tf.distill import METHODS
-from sskd_tf.training.run import RunConfig
+from sskd_tf.training.config import RunConfig
 
 from main_cli import REPO, main_error
 
@@ -259,7 +259,7 @@ def test_tensorboard_serves_the_scalars_and_the_hparams_of_a_search(searched):
 TUNE_SCRIPT = textwrap.dedent("""
     import sys
     from sskd_tf import tuning
-    from sskd_tf.training.run import RunConfig
+    from sskd_tf.training.config import RunConfig
     tuning.search(RunConfig(train_dir=sys.argv[1], **%r), tuner="random", max_trials=2, epochs=1)
 """ % TINY)
 

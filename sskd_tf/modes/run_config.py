@@ -1,7 +1,7 @@
 """RunConfig from the parsed flags, shared by the modes that train."""
 from flags.distill import parse_method_options
 from flags.train import decay_points
-from sskd_tf.training.run import RunConfig
+from sskd_tf.training.config import RunConfig
 
 SVD_METHODS = ("svd", "eid", "svd_eccv")
 # RunConfig fields that take the flag of the same name as it is.
