@@ -15,6 +15,7 @@ import keras
 import numpy as np
 
 from sskd_tf.training import run
+from sskd_tf.training.config import RunConfig
 
 
 class _WeightsPerEpoch(keras.callbacks.Callback):
@@ -54,7 +55,7 @@ def drift_per_epoch(args, decay_rate):
     results = {}
     for optimizer in ("tf1_momentum", "keras_sgd"):
         with tempfile.TemporaryDirectory() as train_dir:
-            config = run.RunConfig(
+            config = RunConfig(
                 teacher="resnet8", student="resnet8", method="none", dataset="digits",
                 batch_size=64, take_train=args.take_train, take_test=64, epochs=args.epochs,
                 lr_decay_points=(0.25, 0.5, 0.75), lr_decay_rate=decay_rate, optimizer=optimizer,

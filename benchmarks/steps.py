@@ -16,7 +16,8 @@ from sskd_tf import models
 from sskd_tf.distill import METHODS, DistillationMethod, build_method
 from sskd_tf.distill.catalog import catalog
 from sskd_tf.distill.svd import BACKENDS
-from sskd_tf.training.run import RunConfig, build_distiller
+from sskd_tf.training.config import RunConfig
+from sskd_tf.training.run import build_distiller
 from sskd_tf.training.schedule import steps_per_epoch
 
 STUDENT_ONLY = "(a) student"

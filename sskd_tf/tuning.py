@@ -32,10 +32,10 @@ from sskd_tf.distill.catalog import flag_of_option
 from sskd_tf.errors import SearchFailed, UserError
 from sskd_tf.training import files
 from sskd_tf.training.callbacks import NonFiniteGuard
-from sskd_tf.training.run import (build_distiller, build_student, load_teacher, run_datasets,
-                                  teacher_weights_path)
+from sskd_tf.training.run import build_distiller, build_student, run_datasets, teacher_weights_path
 from sskd_tf.training.schedule import steps_per_epoch
 from sskd_tf.training.strategy import make_strategy
+from sskd_tf.training.teacher import load_teacher
 
 TUNERS = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization,
           "hyperband": kt.Hyperband}

@@ -11,9 +11,10 @@ import pytest
 from absl import flags as absl_flags
 
 import flags  # noqa: F401  (defines the flags of main.py)
+from sskd_tf import compare_report
 from sskd_tf.modes import compare as compare_mode
 from sskd_tf.modes.run_config import config_from_flags
-from sskd_tf.training.run import RunConfig
+from sskd_tf.training.config import RunConfig
 
 from main_cli import main_error
 
@@ -68,10 +69,10 @@ def test_the_tables_hold_one_row_per_method(compared):
     assert [row["method"] for row in rows] == METHODS
     table = read_csv(root)
     assert [row["method"] for row in table] == METHODS
-    assert tuple(table[0]) == compare_mode.CSV_COLUMNS
+    assert tuple(table[0]) == compare_report.CSV_COLUMNS
     for row in table:
         assert row["seeds"] == "2" and row["epochs"] == "1"
-        values = [float(row[column]) for column in compare_mode.CSV_COLUMNS[3:]]
+        values = [float(row[column]) for column in compare_report.CSV_COLUMNS[3:]]
         assert all(math.isfinite(v) for v in values)
         last, best = float(row["last_val_accuracy_mean"]), float(row["best_val_accuracy_mean"])
         assert 0.0 <= last <= best <= 1.0
@@ -135,10 +136,10 @@ def test_method_options_add_the_svd_flags_as_train_mode_does():
 def test_step_time_takes_the_training_time_from_the_history(tmp_path):
     config = RunConfig(train_dir=str(tmp_path), **TINY)
     results = {"wall_time_s": 30.0, "epochs": 3}
-    assert compare_mode.step_time(config, results) == pytest.approx(30.0 / (3 * 2))
+    assert compare_report.step_time(config, results) == pytest.approx(30.0 / (3 * 2))
     with open(tmp_path / "history.csv", "w") as handle:
         handle.write("epoch,train_time_s,val_accuracy\n0,9.0,0.1\n1,2.0,0.2\n2,3.0,0.3\n")
-    assert compare_mode.step_time(config, results) == pytest.approx(3.0 / 2)
+    assert compare_report.step_time(config, results) == pytest.approx(3.0 / 2)
 
 
 def test_the_best_of_the_mean_curve_is_reported_beside_the_mean_of_per_run_bests(tmp_path):
@@ -147,14 +148,14 @@ def test_the_best_of_the_mean_curve_is_reported_beside_the_mean_of_per_run_bests
                 "best_val_accuracy": max(curve), "epochs": 3, "wall_time_s": 6.0,
                 "teacher_val_accuracy": None} for curve in curves]
     base = RunConfig(train_dir=str(tmp_path), **TINY)
-    row = compare_mode.summary_row("none", [base] * 3, results)
+    row = compare_report.summary_row("none", [base] * 3, results)
     # Mean curve by hand: 1.80 / 3, 2.10 / 3, 1.85 / 3 -> best 0.70 at epoch 2.
     # Per-run bests 0.80, 0.75, 0.70 -> 0.75; lasts 0.60, 0.75, 0.50 -> 0.616...
     assert row["mean_curve_best_val_accuracy"] == pytest.approx(0.70)
     assert row["mean_curve_best_epoch"] == 2
     assert row["best_val_accuracy_mean"] == pytest.approx(0.75)
     assert row["last_val_accuracy_mean"] == pytest.approx(1.85 / 3)
-    compare_mode.write_outputs(str(tmp_path), base, [row], {"none": results}, {})
+    compare_report.write_outputs(str(tmp_path), base, [row], {"none": results}, {})
     table = read_csv(str(tmp_path))[0]
     assert float(table["mean_curve_best_val_accuracy"]) == pytest.approx(0.70)
     assert table["mean_curve_best_epoch"] == "2"

@@ -20,7 +20,9 @@ from sskd_tf.distill import build_method
 from sskd_tf.errors import UserError, one_line
 from sskd_tf.models.mat_weights import load_mat_weights, save_mat_weights
 from sskd_tf.training import files
-from sskd_tf.training.run import RunConfig, load_teacher_weights, train
+from sskd_tf.training.config import RunConfig
+from sskd_tf.training.run import train
+from sskd_tf.training.teacher import load_teacher_weights
 from sskd_tf.training.strategy import make_strategy
 
 from main_cli import ERROR_PREFIX, REPO, main_error

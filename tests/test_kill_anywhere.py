@@ -33,7 +33,8 @@ RUN_SCRIPT = textwrap.dedent("""
     import os, sys, time
     import tensorflow as tf
     from sskd_tf.training import files
-    from sskd_tf.training.run import RunConfig, train
+    from sskd_tf.training.config import RunConfig
+    from sskd_tf.training.run import train
 
     def pause():
         open(sys.argv[2], "w").close()

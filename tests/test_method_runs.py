@@ -10,7 +10,8 @@ import pytest
 
 from sskd_tf.distill.names import METHOD_NAMES
 from sskd_tf.training.callbacks import read_history
-from sskd_tf.training.run import RunConfig, train
+from sskd_tf.training.config import RunConfig
+from sskd_tf.training.run import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", batch_size=64,

@@ -19,7 +19,8 @@ from sskd_tf.errors import TrainingDiverged
 from sskd_tf.training import files
 from sskd_tf.training.callbacks import NonFiniteGuard
 from sskd_tf.training.distiller import Distiller
-from sskd_tf.training.run import RunConfig, train
+from sskd_tf.training.config import RunConfig
+from sskd_tf.training.run import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -101,7 +102,8 @@ def test_a_run_fed_nan_features_stops_with_the_last_good_checkpoint_intact(tmp_p
 
 RUN_SCRIPT = textwrap.dedent("""
     import sys
-    from sskd_tf.training.run import RunConfig, train
+    from sskd_tf.training.config import RunConfig
+    from sskd_tf.training.run import train
     try:
         train(RunConfig(teacher="resnet8", student="resnet8", method="none", dataset="digits",
                         batch_size=32, take_train=256, take_test=64, epochs=3, verbose=0,
@@ -171,7 +173,8 @@ REPLAY_SCRIPT = textwrap.dedent("""
     import json, os, signal, sys
     import keras, numpy as np, tensorflow as tf
     from sskd_tf.training import callbacks as run_callbacks
-    from sskd_tf.training.run import RunConfig, train
+    from sskd_tf.training.config import RunConfig
+    from sskd_tf.training.run import train
 
     # vgg_student: its dropout draws from a keras SeedGenerator, which must be replayed too.
     def config(train_dir):
@@ -247,7 +250,8 @@ def test_a_run_interrupted_by_sigint_and_by_kill_replays_the_uninterrupted_run(t
 DETERMINISM_SCRIPT = textwrap.dedent("""
     import sys
     import numpy as np
-    from sskd_tf.training.run import RunConfig, train
+    from sskd_tf.training.config import RunConfig
+    from sskd_tf.training.run import train
     import keras
     for train_dir in sys.argv[1:]:
         train(RunConfig(teacher="resnet8", student="resnet8", method="none", dataset="digits",

@@ -14,7 +14,8 @@ import pytest
 import tensorflow as tf
 
 from sskd_tf.training import callbacks as run_callbacks
-from sskd_tf.training.run import RunConfig, train
+from sskd_tf.training.config import RunConfig
+from sskd_tf.training.run import train
 
 from main_cli import REPO, main_error
 

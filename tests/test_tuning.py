@@ -20,7 +20,7 @@ from flags import tune as tune_flags
 from sskd_tf import tuning
 from sskd_tf.data import digits
 from sskd_tf.distill import METHODS
-from sskd_tf.training.run import RunConfig
+from sskd_tf.training.config import RunConfig
 
 from main_cli import REPO, main_error
 

@@ -28,7 +28,7 @@ from sskd_tf.export import interpreter, report
 from sskd_tf.export.formats import FORMATS, convert
 from sskd_tf.training.callbacks import read_settings
 from sskd_tf.training.files import write_json
-from sskd_tf.training.run import RESULTS_FILE
+from sskd_tf.training.config import RESULTS_FILE
 
 EXPORT_DIR = "export"
 KERAS_FILE = "student.keras"

@@ -1,7 +1,7 @@
 """RunConfig from the parsed flags, shared by the modes that train."""
 from sskd_tf.distill.catalog import catalog, parse_method_options
+from sskd_tf.training.config import RunConfig
 from sskd_tf.training.recipes import decay_points
-from sskd_tf.training.run import RunConfig
 
 # RunConfig fields that take the flag of the same name as it is.
 _SAME_NAME_FIELDS = (

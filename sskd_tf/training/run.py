@@ -12,11 +12,9 @@ Layout of a run directory:
   teacher/          the teacher's own run, when it was trained here
 """
 import dataclasses
-import json
 import math
 import os
 import time
-import zipfile
 
 import keras
 import tensorflow as tf
@@ -25,152 +23,23 @@ from sskd_tf import data as datasets
 from sskd_tf import models
 from sskd_tf.distill import METHODS, build_method
 from sskd_tf.errors import UserError
-from sskd_tf.models.mat_weights import load_mat_weights
 from sskd_tf.training import callbacks as run_callbacks
 from sskd_tf.training import files, multi_worker
+from sskd_tf.training.config import RESULTS_FILE, log
 from sskd_tf.training.distiller import Distiller
 from sskd_tf.training.optimizers import build_optimizer
 from sskd_tf.training.recipes import RECIPES
 from sskd_tf.training.schedule import learning_rate_schedule, steps_per_epoch
 from sskd_tf.training import precision
 from sskd_tf.training.strategy import make_strategy
-
-RESULTS_FILE = "results.json"
-
-
-@dataclasses.dataclass
-class RunConfig:
-    """Everything a run needs; None fields take the dataset's run_defaults, then
-    the recipe's values. download: a missing dataset may be fetched (main.py's default;
-    False here)."""
-
-    teacher: str = "resnet32"
-    student: str = None
-    teacher_taps: tuple = ()
-    student_taps: tuple = ()
-    method: str = "svd"
-    method_options: dict = dataclasses.field(default_factory=dict)
-    dataset: str = datasets.DEFAULT_DATASET
-    data_dir: str = None
-    image_size: int = None
-    validation_split: float = 0.2
-    download: bool = False
-    recipe: str = "kd_methods"
-    epochs: int = None
-    batch_size: int = None
-    learning_rate: float = None
-    lr_decay_points: tuple = None
-    lr_decay_rate: float = None
-    weight_decay: float = None
-    optimizer: str = None
-    keras_batch_norm: bool = False
-    train_dir: str = "runs/default"
-    teacher_weights: str = None
-    seed: int = 0
-    strategy: str = "default"
-    jit: bool = False
-    mixed_precision: str = "none"
-    deterministic: bool = False
-    max_consecutive_skips: int = 20
-    overwrite: bool = False
-    take_train: int = None
-    take_test: int = None
-    verbose: int = 1
-
-    def resolved(self):
-        """A copy with the recipe's values filled in and the student chosen."""
-        recipe = dataclasses.asdict(RECIPES.get(self.recipe))
-        defaults = {**recipe, **datasets.get_dataset_info(self.dataset).run_defaults}
-        filled = {name: value for name, value in defaults.items()
-                  if hasattr(self, name) and getattr(self, name) is None}
-        student = self.student or models.student_for(self.teacher)
-        return dataclasses.replace(self, student=student, **filled)
-
-
-def _log(config, message):
-    if config.verbose:
-        print(message, flush=True)
-
-
-def _build_method(config):
-    method_class = METHODS.get(config.method)
-    options = dict(config.method_options)
-    if "gradient" in options and not hasattr(method_class, "variant"):
-        options.pop("gradient")
-    return build_method(config.method, **options)
-
-
-def evaluate_accuracy(model, val_ds):
-    """Top-1 accuracy of a {"logits", "features"} model on a dataset."""
-    accuracy = keras.metrics.SparseCategoricalAccuracy()
-
-    @tf.function(autograph=False)
-    def logits_of(images):
-        return model(images, training=False)["logits"]
-
-    for images, labels in val_ds:
-        accuracy.update_state(labels, logits_of(images))
-    return float(accuracy.result())
-
-
-def weight_mismatches(model, source):
-    """Differences between the weights of two models, by name and shape (first few)."""
-    expected = {w.path: tuple(w.shape) for w in model.weights}
-    found = {w.path: tuple(w.shape) for w in source.weights}
-    problems = [f"{name} missing" for name in expected if name not in found]
-    problems += [f"{name} unexpected" for name in found if name not in expected]
-    problems += [f"{name} {found[name]} instead of {shape}" for name, shape in expected.items()
-                 if name in found and found[name] != shape]
-    return problems[:3]
-
-
-def load_teacher_weights(teacher, path):
-    """Weights from a Keras file (.keras / .weights.h5) or the authors' .mat; a file
-    of another architecture is refused before any weight is assigned. A .keras file
-    is read in Keras' safe mode: one holding code (a Lambda layer) or classes this
-    project does not define is refused, and nothing in it runs."""
-    if not os.path.exists(path):
-        raise UserError(f"--teacher_weights: no such file {path!r}")
-    if path.endswith(".mat"):
-        family, _ = models.parse_model_name(teacher.name)
-        load_mat_weights(teacher, path, family)
-    elif path.endswith(".keras"):
-        try:
-            saved = keras.saving.load_model(path, compile=False, safe_mode=True)
-        except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as error:
-            raise UserError(f"--teacher_weights: cannot read {path!r}: {str(error).splitlines()[0]}") from None
-        problems = weight_mismatches(teacher, saved)
-        if problems:
-            raise UserError(f"--teacher_weights {path!r} does not fit {teacher.name}: {'; '.join(problems)}")
-        teacher.set_weights(saved.get_weights())
-    elif path.endswith(".weights.h5"):
-        try:
-            teacher.load_weights(path)
-        except (ValueError, OSError) as error:
-            raise UserError(f"--teacher_weights {path!r} does not fit {teacher.name}: "
-                             f"{str(error).splitlines()[0]}") from None
-    else:
-        raise UserError(f"--teacher_weights {path!r}: expected a .keras, .weights.h5 or .mat file")
-
-
-def _check_cached_teacher(config, results_path):
-    """A teacher cached in train_dir/teacher/ must be the one this run asks for."""
-    with open(results_path) as handle:
-        cached = json.load(handle)
-    wanted = {"student": config.teacher, "dataset": config.dataset, "recipe": config.recipe,
-              "epochs": config.epochs, "image_size": config.image_size}
-    differences = [f"{name} {cached.get(name)!r} (asked: {value!r})"
-                   for name, value in wanted.items() if cached.get(name) != value]
-    if differences:
-        raise UserError(
-            f"{os.path.dirname(results_path)} holds a teacher trained with "
-            f"{', '.join(differences)}; use another --train_dir or pass --teacher_weights")
+from sskd_tf.training.teacher import check_cached_teacher, load_teacher
 
 
 def teacher_weights_path(config):
     """--teacher_weights, None for a teacher read from a .keras file (it holds its
     weights), or the teacher trained by the same recipe in train_dir/teacher/
-    (trained now unless an earlier run finished it there)."""
+    (trained now, as a run of its own, unless an earlier run finished it there;
+    training/teacher.py checks that cached teacher)."""
     if config.teacher_weights:
         return config.teacher_weights
     if config.teacher.endswith(".keras"):
@@ -178,26 +47,14 @@ def teacher_weights_path(config):
     teacher_dir = os.path.join(config.train_dir, "teacher")
     results_path = os.path.join(teacher_dir, RESULTS_FILE)
     if os.path.exists(results_path):
-        _check_cached_teacher(config, results_path)
-        _log(config, f"Reusing the teacher trained in {teacher_dir}")
+        check_cached_teacher(config, results_path)
+        log(config, f"Reusing the teacher trained in {teacher_dir}")
     else:
-        _log(config, f"Training the teacher {config.teacher} first, in {teacher_dir}")
+        log(config, f"Training the teacher {config.teacher} first, in {teacher_dir}")
         train(dataclasses.replace(config, method="none", student=config.teacher,
                                   student_taps=config.teacher_taps, method_options={},
                                   train_dir=teacher_dir, overwrite=False, teacher_weights=None))
     return os.path.join(teacher_dir, "student.keras")
-
-
-def load_teacher(config, num_classes, weights_path, val_ds, image_shape=(32, 32, 3)):
-    """The frozen teacher with its weights, and its validation accuracy."""
-    teacher = models.build_model(config.teacher, num_classes, image_shape,
-                                 taps=config.teacher_taps, role="teacher",
-                                 keras_batch_norm=config.keras_batch_norm)
-    if weights_path:
-        load_teacher_weights(teacher, weights_path)
-    accuracy = evaluate_accuracy(teacher, val_ds)
-    _log(config, f"Teacher {config.teacher}: validation accuracy {accuracy:.4f}")
-    return teacher, accuracy
 
 
 def run_datasets(config, start_pass=0, skip_steps=0):
@@ -293,10 +150,10 @@ def _train(config):
     weights_path = teacher_weights_path(config) if needs_teacher else None
     start = time.time()
     with strategy.scope():
-        method = _build_method(config)
+        method = build_method(config.method, **config.method_options)
         jit_advice = method.jit_advice() if config.jit else ""
         if jit_advice:
-            _log(config, f"Note: {jit_advice}")
+            log(config, f"Note: {jit_advice}")
         with precision.dtype_policy(config.mixed_precision):
             teacher, teacher_accuracy = (load_teacher(config, info.num_classes, weights_path, val_ds,
                                                       info.image_shape)
@@ -308,7 +165,7 @@ def _train(config):
     checkpoint = run_callbacks.RunCheckpoint(config.train_dir, distiller)
     epochs_done, steps_done, previous_time = checkpoint.restore()
     if epochs_done or steps_done:
-        _log(config, f"Resuming {config.train_dir} at epoch {epochs_done + 1}, step {steps_done}")
+        log(config, f"Resuming {config.train_dir} at epoch {epochs_done + 1}, step {steps_done}")
     callbacks = run_callbacks.standard_callbacks(config, checkpoint)
     fit = dict(validation_data=val_ds, epochs=total_epochs, callbacks=callbacks,
                verbose=config.verbose, shuffle=False, steps_per_epoch=steps_in_epoch)
@@ -330,7 +187,7 @@ def _train(config):
     with files.writing("the final student and results", config.train_dir):
         files.save_student(student, config.train_dir)
         files.write_json(os.path.join(config.train_dir, RESULTS_FILE), results)
-    _log(config, format_results(results))
+    log(config, format_results(results))
     return results
 
 

@@ -1,0 +1,64 @@
+"""The configuration of one training run (RunConfig) and how its unset fields are
+resolved: the dataset's run defaults first, then the recipe's values."""
+import dataclasses
+
+from sskd_tf import data as datasets
+from sskd_tf import models
+from sskd_tf.training.recipes import RECIPES
+
+RESULTS_FILE = "results.json"
+
+
+@dataclasses.dataclass
+class RunConfig:
+    """Everything a run needs; None fields take the dataset's run_defaults, then
+    the recipe's values. download: a missing dataset may be fetched (main.py's default;
+    False here)."""
+
+    teacher: str = "resnet32"
+    student: str = None
+    teacher_taps: tuple = ()
+    student_taps: tuple = ()
+    method: str = "svd"
+    method_options: dict = dataclasses.field(default_factory=dict)
+    dataset: str = datasets.DEFAULT_DATASET
+    data_dir: str = None
+    image_size: int = None
+    validation_split: float = 0.2
+    download: bool = False
+    recipe: str = "kd_methods"
+    epochs: int = None
+    batch_size: int = None
+    learning_rate: float = None
+    lr_decay_points: tuple = None
+    lr_decay_rate: float = None
+    weight_decay: float = None
+    optimizer: str = None
+    keras_batch_norm: bool = False
+    train_dir: str = "runs/default"
+    teacher_weights: str = None
+    seed: int = 0
+    strategy: str = "default"
+    jit: bool = False
+    mixed_precision: str = "none"
+    deterministic: bool = False
+    max_consecutive_skips: int = 20
+    overwrite: bool = False
+    take_train: int = None
+    take_test: int = None
+    verbose: int = 1
+
+    def resolved(self):
+        """A copy with the recipe's values filled in and the student chosen."""
+        recipe = dataclasses.asdict(RECIPES.get(self.recipe))
+        defaults = {**recipe, **datasets.get_dataset_info(self.dataset).run_defaults}
+        filled = {name: value for name, value in defaults.items()
+                  if hasattr(self, name) and getattr(self, name) is None}
+        student = self.student or models.student_for(self.teacher)
+        return dataclasses.replace(self, student=student, **filled)
+
+
+def log(config, message):
+    """Print `message` unless the run is quiet (config.verbose == 0)."""
+    if config.verbose:
+        print(message, flush=True)
