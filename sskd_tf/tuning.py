@@ -38,7 +38,6 @@ from sskd_tf.training.schedule import steps_per_epoch
 from sskd_tf.training.strategy import make_strategy
 
 
-
 def _retried_from_scratch(tuner_class):
     """`tuner_class` whose trials begin without the metrics of an earlier attempt.
 

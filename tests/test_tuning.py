@@ -272,6 +272,11 @@ def _trials_json(train_dir):
     return trials
 
 
+def _tail(path):
+    with open(path) as handle:
+        return handle.read()[-3000:]
+
+
 def test_a_search_killed_during_a_trial_resumes_with_the_same_trials(searched, tmp_path):
     """SIGKILL once the second trial trains; the same command again retries that trial
     with its hyperparameters and ends as an uninterrupted search run beside it: same
@@ -279,29 +284,36 @@ def test_a_search_killed_during_a_trial_resumes_with_the_same_trials(searched, t
     teacher's cache of the module's search)."""
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
     runs = {}
-    for name in ("uninterrupted", "killed"):
-        train_dir = str(tmp_path / name)
-        shutil.copytree(os.path.join(searched[0], "teacher"), os.path.join(train_dir, "teacher"))
-        command = [sys.executable, "main.py", *KILL_ARGS, f"--train_dir={train_dir}"]
-        runs[name] = train_dir, command, subprocess.Popen(
-            command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-            text=True)
-    train_dir, command, process = runs["killed"]
-    training = os.path.join(train_dir, "tune", "hparams", "1", "execution0", "train")
-    deadline = time.time() + 900
-    while not glob.glob(os.path.join(training, "events.out.tfevents.*")):
-        assert process.poll() is None, process.stderr.read()[-3000:]
-        assert time.time() < deadline, "the second trial did not start training"
-        time.sleep(0.1)
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL
-    assert _trials_json(train_dir)["1"][0] == "RUNNING"
-    assert not os.path.exists(os.path.join(train_dir, "tune", "best.flags"))
-    resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
-                             timeout=900)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    reference_dir, _, reference = runs["uninterrupted"]
-    assert reference.wait(timeout=900) == 0, reference.stderr.read()[-3000:]
+    try:
+        for name in ("uninterrupted", "killed"):
+            train_dir = str(tmp_path / name)
+            shutil.copytree(os.path.join(searched[0], "teacher"),
+                            os.path.join(train_dir, "teacher"))
+            command = [sys.executable, "main.py", *KILL_ARGS, f"--train_dir={train_dir}"]
+            with open(tmp_path / f"{name}.err", "w") as stderr:
+                runs[name] = train_dir, command, subprocess.Popen(
+                    command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        train_dir, command, process = runs["killed"]
+        training = os.path.join(train_dir, "tune", "hparams", "1", "execution0", "train")
+        deadline = time.time() + 900
+        while not glob.glob(os.path.join(training, "events.out.tfevents.*")):
+            assert process.poll() is None, _tail(tmp_path / "killed.err")
+            assert time.time() < deadline, "the second trial did not start training"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL
+        assert _trials_json(train_dir)["1"][0] == "RUNNING"
+        assert not os.path.exists(os.path.join(train_dir, "tune", "best.flags"))
+        resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                                 timeout=900)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        reference_dir, _, reference = runs["uninterrupted"]
+        assert reference.wait(timeout=900) == 0, _tail(tmp_path / "uninterrupted.err")
+    finally:
+        for _, _, running in runs.values():
+            if running.poll() is None:
+                running.kill()
+                running.wait()
 
     expected = _trials_json(reference_dir)
     assert sorted(expected) == ["0", "1"]
