@@ -37,8 +37,25 @@ from sskd_tf.training.schedule import steps_per_epoch
 from sskd_tf.training.strategy import make_strategy
 from sskd_tf.training.teacher import load_teacher
 
-TUNERS = {"random": kt.RandomSearch, "bayesian": kt.BayesianOptimization,
-          "hyperband": kt.Hyperband}
+
+def _retried_from_scratch(tuner_class):
+    """`tuner_class` whose trials begin without the metrics of an earlier attempt.
+
+    keras-tuner runs a trial that a killed search left RUNNING again, with the same
+    hyperparameters, but a kill after the trial reported its metrics and before it
+    ended keeps that report, and the rerun's score would be the mean of both attempts."""
+    class RetriedFromScratch(tuner_class):
+        def on_trial_begin(self, trial):
+            trial.metrics.metrics.clear()
+            super().on_trial_begin(trial)
+
+    RetriedFromScratch.__name__ = tuner_class.__name__
+    return RetriedFromScratch
+
+
+TUNERS = {name: _retried_from_scratch(tuner_class) for name, tuner_class in (
+    ("random", kt.RandomSearch), ("bayesian", kt.BayesianOptimization),
+    ("hyperband", kt.Hyperband))}
 OBJECTIVE = "val_accuracy"
 RESULT_COLUMNS = ("trial", "status", OBJECTIVE, "best_epoch")
 TUNE_DIR = "tune"
@@ -119,7 +136,7 @@ def make_tuner(name, hypermodel, hyperparameters, max_trials, epochs, seed, tune
                   project_name=os.path.basename(tune_dir), distribution_strategy=strategy,
                   max_consecutive_failed_trials=max_trials + 1)
     if name == "hyperband":
-        tuner = kt.Hyperband(hypermodel, max_epochs=epochs, **common)
+        tuner = TUNERS[name](hypermodel, max_epochs=epochs, **common)
         tuner.oracle.max_trials = max_trials
         return tuner
     return TUNERS[name](hypermodel, max_trials=max_trials, **common)

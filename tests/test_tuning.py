@@ -5,6 +5,7 @@ import glob
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -252,3 +253,112 @@ def test_tensorboard_serves_the_scalars_and_the_hparams_of_a_search(searched):
         server.terminate()
         server.wait(timeout=60)
 
+
+
+KILL_ARGS = ["--mode=tune", "--method=svd", "--teacher=resnet8", "--student=resnet8",
+             "--dataset=digits", "--batch_size=64", "--take_train=128", "--take_test=64",
+             "--epochs=1", "--svd_gradient=original", "--noproject_student", "--tuner=random",
+             "--max_trials=2", "--tune_epochs=1", "--seed=1", "--deterministic"]
+
+
+def _trials_json(train_dir):
+    """{trial id: (status, score, hyperparameter values, every metric's observations)}."""
+    trials = {}
+    for path in glob.glob(os.path.join(train_dir, "tune", "trial_*", "trial.json")):
+        with open(path) as handle:
+            trial = json.load(handle)
+        trials[trial["trial_id"]] = (trial["status"], trial["score"],
+                                     trial["hyperparameters"]["values"], trial["metrics"])
+    return trials
+
+
+def _tail(path):
+    with open(path) as handle:
+        return handle.read()[-3000:]
+
+
+def test_a_search_killed_during_a_trial_resumes_with_the_same_trials(searched, tmp_path):
+    """SIGKILL once the second trial trains; the same command again retries that trial
+    with its hyperparameters and ends as an uninterrupted search run beside it: same
+    trials, values, losses and best trial (both --seed --deterministic, in the
+    teacher's cache of the module's search)."""
+    env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
+    runs = {}
+    try:
+        for name in ("uninterrupted", "killed"):
+            train_dir = str(tmp_path / name)
+            shutil.copytree(os.path.join(searched[0], "teacher"),
+                            os.path.join(train_dir, "teacher"))
+            command = [sys.executable, "main.py", *KILL_ARGS, f"--train_dir={train_dir}"]
+            with open(tmp_path / f"{name}.err", "w") as stderr:
+                runs[name] = train_dir, command, subprocess.Popen(
+                    command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=stderr)
+        train_dir, command, process = runs["killed"]
+        training = os.path.join(train_dir, "tune", "hparams", "1", "execution0", "train")
+        deadline = time.time() + 900
+        while not glob.glob(os.path.join(training, "events.out.tfevents.*")):
+            assert process.poll() is None, _tail(tmp_path / "killed.err")
+            assert time.time() < deadline, "the second trial did not start training"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL
+        assert _trials_json(train_dir)["1"][0] == "RUNNING"
+        assert not os.path.exists(os.path.join(train_dir, "tune", "best.flags"))
+        resumed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True,
+                                 timeout=900)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        reference_dir, _, reference = runs["uninterrupted"]
+        assert reference.wait(timeout=900) == 0, _tail(tmp_path / "uninterrupted.err")
+    finally:
+        for _, _, running in runs.values():
+            if running.poll() is None:
+                running.kill()
+                running.wait()
+
+    expected = _trials_json(reference_dir)
+    assert sorted(expected) == ["0", "1"]
+    assert _trials_json(train_dir) == expected
+    assert all(status == "COMPLETED" for status, *_ in expected.values())
+    tables = []
+    for directory in (reference_dir, train_dir):
+        with open(os.path.join(directory, "tune", "trials.csv")) as handle:
+            tables.append(handle.read())
+    assert tables[0] == tables[1]
+    top = next(csv.DictReader(tables[0].splitlines()))
+    assert (f"Best of 2 completed trials: trial {top['trial']}, val_accuracy "
+            f"{float(top['val_accuracy']):.4f}") in resumed.stdout
+
+
+def test_a_trial_killed_after_reporting_its_metrics_is_scored_by_its_rerun_only(searched,
+                                                                                 tmp_path):
+    """The files a kill leaves between a trial's report and its end (trial.json RUNNING
+    with metrics, oracle.json with the trial ongoing), the report made implausible
+    (val_accuracy 2): the rerun scores the trial by its own report alone."""
+    train_dir = str(tmp_path / "copy")
+    shutil.copytree(searched[0], train_dir)
+    tune_dir = os.path.join(train_dir, "tune")
+    trial_path = os.path.join(tune_dir, "trial_1", "trial.json")
+    with open(trial_path) as handle:
+        trial = json.load(handle)
+    trial["status"], trial["score"] = "RUNNING", None
+    for metric in trial["metrics"]["metrics"].values():
+        metric["observations"] = [{"value": [2.0], "step": 0}]
+    with open(trial_path, "w") as handle:
+        json.dump(trial, handle)
+    oracle_path = os.path.join(tune_dir, "oracle.json")
+    with open(oracle_path) as handle:
+        oracle = json.load(handle)
+    oracle.update(ongoing_trials={"tuner0": "1"}, end_order=["0"], run_times={"0": 1})
+    with open(oracle_path, "w") as handle:
+        json.dump(oracle, handle)
+
+    rows = tuning.search(RunConfig(train_dir=train_dir, **TINY), tuner="random", max_trials=2,
+                         epochs=1)
+    rerun = {row["trial"]: row for row in rows}["1"]
+    assert rerun["status"] == "COMPLETED" and 0.0 <= rerun["val_accuracy"] <= 1.0
+    with open(trial_path) as handle:
+        metrics = json.load(handle)["metrics"]["metrics"]
+    assert [obs["value"] for obs in metrics["val_accuracy"]["observations"]] == [
+        [rerun["val_accuracy"]]]
+    assert all(len(obs["value"]) == 1 for metric in metrics.values()
+               for obs in metric["observations"])
