@@ -16,11 +16,11 @@ import time
 
 from benchmarks import decomposition, isolated, pipeline, report, timing
 from benchmarks import steps as step_cases
-from sskd_tf.distill.svd import BACKENDS
+from sskd_tf.distill.kd_svd import BACKENDS
 
 PARTS = ("steps", "decomposition", "memory", "pipeline", "xla")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-MEMORY_LABELS = (step_cases.STUDENT_ONLY, step_cases.WITH_TEACHER, "svd [svd]", "svd [gram]",
+MEMORY_LABELS = (step_cases.STUDENT_ONLY, step_cases.WITH_TEACHER, "svd [linalg_svd]", "svd [gram]",
                  "svd [hybrid]", f"{step_cases.SUM_RULE} [gram]")
 
 
@@ -42,7 +42,7 @@ def parse_args(argv=None):
     parser.add_argument("--xla_batch_size", type=int, default=8)
     parser.add_argument("--xla_timeout", type=float, default=300,
                         help="seconds a row of part `xla` may take (compilation included)")
-    parser.add_argument("--xla_backends", default="svd,gram",
+    parser.add_argument("--xla_backends", default="linalg_svd,gram",
                         help="KD-SVD family backends of part `xla`")
     parser.add_argument("--pipeline_batches", type=int, default=100)
     parser.add_argument("--pipeline_images", type=int, default=50_000,

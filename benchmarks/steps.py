@@ -15,7 +15,7 @@ import tensorflow as tf
 from sskd_tf import models
 from sskd_tf.distill import METHODS, DistillationMethod, build_method
 from sskd_tf.distill.catalog import catalog
-from sskd_tf.distill.svd import BACKENDS
+from sskd_tf.distill.kd_svd import BACKENDS
 from sskd_tf.training.config import RunConfig
 from sskd_tf.training.run import build_distiller
 from sskd_tf.training.schedule import steps_per_epoch
@@ -56,7 +56,7 @@ class StepCase:
 
 # The faithful backend with its decompositions requested on the host CPU (the authors'
 # placement; on a CPU-only machine the step is there already, so it prices the request).
-PINNED = "svd [svd], decomposition_device=cpu"
+PINNED = "svd [linalg_svd], decomposition_device=cpu"
 
 
 def _backends_of(method):
@@ -80,7 +80,7 @@ def default_cases(backends=BACKENDS, jit_cases=True):
             cases.append(StepCase(name, name))
     cases += [StepCase(f"{SUM_RULE} [{b}]", "svd_sum", (("backend", b),))
               for b in backends if b == "gram"]
-    if "svd" in backends:
+    if "linalg_svd" in backends:
         cases.append(StepCase(PINNED, "svd", (("decomposition_device", "cpu"),)))
     if jit_cases:
         cases += [StepCase(f"{STUDENT_ONLY}, jit", "none", jit=True),

@@ -20,7 +20,7 @@ and attaches one of three backward formulas (docs/method.md sections 3 and 4):
 
 Two backends compute the factors (`BACKENDS`):
 
-- "svd": `tf.linalg.svd` (KD-EID: its own Gram route, docs/method.md section 2). Faithful.
+- "linalg_svd": `tf.linalg.svd` (KD-EID: its own Gram route, docs/method.md section 2). Faithful.
 - "gram": `gram_svd`, the eigendecomposition of the Gram matrix of the smaller
   side, several times faster on CPU. Its signs follow `column_signs`, not
   `tf.linalg.svd`'s (which has no rule: see `gram_svd`).
@@ -33,7 +33,7 @@ import tensorflow as tf
 from sskd_tf.errors import UserError
 
 GRADIENTS = ("original", "exact", "eccv")
-BACKENDS = ("svd", "gram")
+BACKENDS = ("linalg_svd", "gram")
 
 # The authors' wide-branch guard on 1/s.
 _ORIGINAL_INV_EPS = 1e-8
@@ -329,7 +329,7 @@ def in_square_band(x):
     return 2.0 / 3.0 < m / n < 3.0 / 2.0
 
 
-def eid(x, gradient="original", backend="svd"):
+def eid(x, gradient="original", backend="linalg_svd"):
     """The KD-EID decomposition of x [B, M, N] (docs/method.md section 2), returning (s, u, v).
 
     The factors come from the Gram matrix of the smaller side; the backward pass
@@ -337,13 +337,13 @@ def eid(x, gradient="original", backend="svd"):
     faithful mode (`gradient="original"`): when 2/3 < M/N < 3/2 the authors ran a
     plain SVD on a stop-gradient copy of x, so no gradient reaches that map.
     With `gradient="exact"` that branch is differentiated like the others.
-    backend "svd" is the authors' route (an SVD of the Gram matrix when M < N, a
+    backend "linalg_svd" is the authors' route (an SVD of the Gram matrix when M < N, a
     plain SVD in the square band); "gram" uses `gram_svd` everywhere, keeping the
     square band's stop-gradient quirk.
     """
     _check_matrices(x)
     check_backend(backend)
-    plain = svd if backend == "svd" else gram_svd
+    plain = svd if backend == "linalg_svd" else gram_svd
     if in_square_band(x):
         if gradient == "original":
             return plain(tf.stop_gradient(x), gradient)

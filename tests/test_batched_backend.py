@@ -17,7 +17,7 @@ from absl import flags as absl_flags
 import flags  # noqa: F401  (defines the flags of main.py)
 from sskd_tf import linalg, linalg_batched
 from sskd_tf.distill import build_method
-from sskd_tf.distill.svd import decomposition_device, svd_kd_loss
+from sskd_tf.distill.kd_svd import decomposition_device, svd_kd_loss
 from sskd_tf.modes.run_config import config_from_flags
 from sskd_tf.training.distiller import Distiller
 
@@ -121,8 +121,10 @@ def test_rank_deficient_and_zero_maps_give_finite_orthonormal_factors():
 # ---------------------------------------------------------------- equal to gram
 
 
-@pytest.mark.parametrize("gradient", ["original", "exact"])
-@pytest.mark.parametrize("variant", ["svd", "eid", "eccv"])
+@pytest.mark.parametrize("variant,gradient", [
+    ("refined", "original"), ("eid", "original"), ("eccv", "original"), ("refined", "exact"),
+    pytest.param("eid", "exact", marks=pytest.mark.slow),
+    pytest.param("eccv", "exact", marks=pytest.mark.slow)])
 def test_equals_gram_on_the_resnet_taps(variant, gradient):
     _assert_batched_equals_gram(_maps(RESNET_TAPS, 2, seed=3), _maps(RESNET_TAPS, 2, seed=4),
                                 variant, gradient)
@@ -136,7 +138,7 @@ def test_equals_gram_on_signed_maps():
     Lorentzian broadening scales with the dtype's precision, so float64 is another
     function there.)"""
     _assert_batched_equals_gram(_maps(RESNET_TAPS, 2, seed=5, relu=False),
-                                _maps(RESNET_TAPS, 2, seed=6, relu=False), "svd", "original",
+                                _maps(RESNET_TAPS, 2, seed=6, relu=False), "refined", "original",
                                 reference_dtype=tf.float64)
 
 
@@ -144,7 +146,7 @@ def test_equals_gram_on_signed_maps():
 def test_equals_gram_at_batch_sizes_1_and_128(batch):
     taps = RESNET_TAPS[1:]
     _assert_batched_equals_gram(_maps(taps, batch, seed=7), _maps(taps, batch, seed=8),
-                                "svd", "original")
+                                "refined", "original")
 
 
 @pytest.mark.parametrize("gradient", ["original", "exact"])
@@ -158,13 +160,13 @@ def test_equals_gram_on_degenerate_spectra(gradient):
     teacher = [m + 0.1 * noise.normal(size=m.shape) for m in student]
     student = [m.reshape(2, 8, -1, m.shape[-1]) for m in student]
     teacher = [m.reshape(2, 8, -1, m.shape[-1]) for m in teacher]
-    _assert_batched_equals_gram(student, teacher, "svd", gradient)
+    _assert_batched_equals_gram(student, teacher, "refined", gradient)
 
 
-@pytest.mark.parametrize("gradient", ["original", "exact"])
+@pytest.mark.parametrize("gradient", ["original", pytest.param("exact", marks=pytest.mark.slow)])
 def test_equals_gram_under_xla(gradient):
     taps = [(8, 8, 16), (4, 4, 32)]
-    _assert_batched_equals_gram(_maps(taps, 4, seed=10), _maps(taps, 4, seed=11), "svd",
+    _assert_batched_equals_gram(_maps(taps, 4, seed=10), _maps(taps, 4, seed=11), "refined",
                                 gradient, jit=True)
 
 

@@ -137,7 +137,7 @@ def test_a_new_method_module_reaches_the_run_options_and_the_tuner(repo_with_a_n
 def test_a_new_method_module_runs_in_compare_mode(repo_with_a_new_method):
     train_dir = repo_with_a_new_method / "runs"
     completed = _run(repo_with_a_new_method, "main.py", "--mode=compare", "--methods=dummy",
-                     "--seeds=1", "--teacher=resnet8", "--dataset=digits", "--take_train=64",
+                     "--seeds=1", "--teacher=resnet8", "--dataset=digits", "--image_size=8", "--take_train=64",
                      "--take_test=32", "--epochs=1", "--batch_size=32",
                      f"--train_dir={train_dir}")
     assert completed.returncode == 0, completed.stderr[-2000:]

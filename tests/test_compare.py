@@ -18,7 +18,7 @@ from sskd_tf.training.config import RunConfig
 
 from main_cli import main_error
 
-TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", batch_size=64,
+TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", image_size=8, batch_size=64,
             take_train=128, take_test=64, epochs=1, verbose=0)
 METHODS = ["none", "svd"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"

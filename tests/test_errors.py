@@ -28,9 +28,9 @@ from sskd_tf.training.strategy import make_strategy
 from main_cli import ERROR_PREFIX, REPO, main_error
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-RUN = ("--dataset=digits", "--teacher=resnet8", "--take_train=64", "--take_test=32",
+RUN = ("--dataset=digits", "--image_size=8", "--teacher=resnet8", "--take_train=64", "--take_test=32",
        "--batch_size=32", "--epochs=1")
-TINY = dict(teacher="resnet8", dataset="digits", take_train=64, take_test=32, batch_size=32,
+TINY = dict(teacher="resnet8", dataset="digits", image_size=8, take_train=64, take_test=32, batch_size=32,
             epochs=1, verbose=0)
 
 

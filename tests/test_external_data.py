@@ -34,7 +34,10 @@ def private_cache(tmp_path, monkeypatch):
     return tmp_path / "cache"
 
 
-def labels_of(dataset):
+def labels_of(dataset, batches=None):
+    """The labels of `dataset`, or of its first `batches` batches (the training stream is endless)."""
+    if batches is not None:
+        dataset = dataset.take(batches)
     return np.concatenate([labels for _, labels in dataset.as_numpy_iterator()])
 
 
@@ -44,7 +47,7 @@ def test_folder_dataset_holds_out_a_split_and_normalises_with_its_own_statistics
     train_ds, val_ds, info = build_datasets(f"folder:{root}", batch_size=4, eval_batch_size=4,
                                             image_size=16, validation_split=0.25, seed=3)
     assert (info.num_classes, info.image_shape, info.num_train, info.num_test) == (2, (16, 16, 3), 9, 3)
-    train_labels = labels_of(train_ds)
+    train_labels = labels_of(train_ds, batches=3)  # one pass: ceil(9 / 4) batches, the last one short
     assert sorted(train_labels.tolist() + labels_of(val_ds).tolist()) == [0] * 6 + [1] * 6
     # Statistics by hand: every image is flat, so per channel the training split holds
     # the two class values in the proportion of their labels.

@@ -1,6 +1,6 @@
 """The fast decomposition backends of svd_kd_loss: "gram" (linalg.gram_svd: the factors,
 loss and gradients of tf.linalg.svd up to its documented sign rule) and "hybrid" (the
-loss and gradients of the "svd" backend); finite on degenerate inputs, in tf.function
+loss and gradients of the "linalg_svd" backend); finite on degenerate inputs, in tf.function
 and under XLA; and the flag that selects them."""
 import copy
 
@@ -12,14 +12,14 @@ from absl import flags as absl_flags
 import flags  # noqa: F401  (defines the flags of main.py)
 from sskd_tf import linalg
 from sskd_tf.distill import build_method
-from sskd_tf.distill.svd import BACKENDS, svd_kd_loss
+from sskd_tf.distill.kd_svd import BACKENDS, svd_kd_loss
 from sskd_tf.modes.run_config import config_from_flags
 
 # The resnet32 -> resnet8 taps (32x32x64, 16x16x128, 8x8x256): tall, tall, wide.
 RESNET_TAPS = [(32, 32, 64), (16, 16, 128), (8, 8, 256)]
 # tall, wide, square and the KD-EID square band.
 MATRIX_SHAPES = [(3, 40, 6), (3, 6, 40), (3, 7, 7), (3, 9, 7)]
-VARIANTS = ["svd", "eid", "eccv"]
+VARIANTS = ["refined", "eid", "eccv"]
 
 
 def _maps(taps, batch, seed, relu=True, dtype=np.float32):
@@ -40,7 +40,7 @@ def _signed(decomposition):
 
 @pytest.fixture
 def svd_with_gram_signs(monkeypatch):
-    """Makes backend "svd" (tf.linalg.svd, and KD-EID's own route) follow the gram
+    """Makes backend "linalg_svd" (tf.linalg.svd, and KD-EID's own route) follow the gram
     backend's sign rule, so that the two backends can be compared value for value."""
     monkeypatch.setattr(linalg, "_thin_svd", _signed(linalg._thin_svd))
     monkeypatch.setattr(linalg, "_gram_decomposition", _signed(linalg._gram_decomposition))
@@ -61,21 +61,21 @@ def _relative(a, b):
 
 
 def _assert_loss_of_svd_backend(backend, variant, relu, seeds):
-    """float32 resnet taps: `backend`'s loss within 1e-4 relative of the "svd" backend's."""
+    """float32 resnet taps: `backend`'s loss within 1e-4 relative of the "linalg_svd" backend's."""
     student = _maps(RESNET_TAPS, batch=3, seed=seeds[0], relu=relu)
     teacher = _maps(RESNET_TAPS, batch=3, seed=seeds[1], relu=relu)
     other = svd_kd_loss(student, teacher, variant, backend=backend).numpy()
-    faithful = svd_kd_loss(student, teacher, variant, backend="svd").numpy()
+    faithful = svd_kd_loss(student, teacher, variant, backend="linalg_svd").numpy()
     assert abs(other - faithful) <= 1e-4 * abs(faithful)
 
 
 def _assert_gradients_of_svd_backend(backend, variant, gradient, seeds):
     """float64 resnet taps: `backend`'s loss (rtol 1e-9) and student gradients
-    (relative 1e-6) equal the "svd" backend's."""
+    (relative 1e-6) equal the "linalg_svd" backend's."""
     student = _maps(RESNET_TAPS, batch=2, seed=seeds[0], relu=False, dtype=np.float64)
     teacher = _maps(RESNET_TAPS, batch=2, seed=seeds[1], relu=False, dtype=np.float64)
     other_loss, other = _loss_and_grads(student, teacher, variant, gradient, backend)
-    ref_loss, ref = _loss_and_grads(student, teacher, variant, gradient, "svd")
+    ref_loss, ref = _loss_and_grads(student, teacher, variant, gradient, "linalg_svd")
     np.testing.assert_allclose(other_loss, ref_loss, rtol=1e-9)
     for got, want in zip(other, ref):
         assert _relative(got, want) < 1e-6
@@ -109,12 +109,12 @@ def test_float32_kept_components_as_accurate_as_tf_svd():
         s64, _, v64 = (t.numpy()[..., :4] for t in _signed(linalg._thin_svd)(tf.cast(x, tf.float64)))
         s64 = s64[:, :4]
         errors = {}
-        for name, decompose in (("gram", linalg.gram_svd), ("svd", _signed(linalg._thin_svd))):
+        for name, decompose in (("gram", linalg.gram_svd), ("linalg_svd", _signed(linalg._thin_svd))):
             s, _, v = decompose(x)
             errors[name] = (np.max(np.abs(s.numpy()[:, :4] - s64) / s64[:, :1]),
                             np.max(np.abs(v.numpy()[:, :, :4] - v64)))
         assert errors["gram"][0] < 1e-5 and errors["gram"][1] < 1e-4, errors
-        assert errors["gram"][1] < 10 * errors["svd"][1], errors
+        assert errors["gram"][1] < 10 * errors["linalg_svd"][1], errors
 
 
 @pytest.mark.parametrize("relu", [True, False])
@@ -133,8 +133,8 @@ def test_gradients_equal_the_svd_backend_with_the_same_signs(svd_with_gram_signs
 def test_float32_gradients_close_to_the_svd_backend(svd_with_gram_signs):
     student = _maps(RESNET_TAPS, batch=2, seed=7)
     teacher = _maps(RESNET_TAPS, batch=2, seed=8)
-    _, fast = _loss_and_grads(student, teacher, "svd", "original", "gram")
-    _, ref = _loss_and_grads(student, teacher, "svd", "original", "svd")
+    _, fast = _loss_and_grads(student, teacher, "refined", "original", "gram")
+    _, ref = _loss_and_grads(student, teacher, "refined", "original", "linalg_svd")
     for got, want in zip(fast, ref):
         assert _relative(got, want) < 1e-3
 
@@ -158,7 +158,7 @@ def test_unpatched_backends_differ_exactly_where_the_teacher_signs_differ():
     for sample, same_signs in enumerate(agree):
         one = slice(sample, sample + 1)
         fast, faithful = (svd_kd_loss([m[one] for m in student], [m[one] for m in teacher],
-                                      backend=backend).numpy() for backend in ("gram", "svd"))
+                                      backend=backend).numpy() for backend in ("gram", "linalg_svd"))
         assert np.isclose(fast, faithful, rtol=1e-9) == same_signs
 
 
@@ -223,7 +223,7 @@ def test_in_tf_function(jit):
 def test_methods_take_the_backend(name):
     student = {"features": [tf.constant(m) for m in _maps([(4, 4, 8), (2, 2, 16)], 2, seed=20)]}
     teacher = {"features": [tf.constant(m) for m in _maps([(4, 4, 8), (2, 2, 16)], 2, seed=21)]}
-    variant = {"svd_eccv": "eccv"}.get(name, name)
+    variant = {"svd": "refined", "eid": "eid", "svd_eccv": "eccv"}[name]
     for backend in BACKENDS:
         method = build_method(name, backend=backend)
         assert method.backend == backend
@@ -232,11 +232,11 @@ def test_methods_take_the_backend(name):
         (value,) = method(student, teacher, None).values()
         expected = svd_kd_loss(student["features"], teacher["features"], variant, backend=backend)
         np.testing.assert_allclose(value.numpy(), expected.numpy(), rtol=1e-6)
-    assert build_method(name).backend == "svd"
+    assert build_method(name).backend == "linalg_svd"
 
 
 def test_unknown_backend_is_a_clear_error():
-    message = "unknown SVD backend 'lapack'; choose one of: svd, gram, hybrid, batched"
+    message = "unknown SVD backend 'lapack'; choose one of: linalg_svd, gram, hybrid, batched"
     with pytest.raises(ValueError, match=message):
         build_method("svd", backend="lapack")
     maps = [tf.zeros((1, 2, 2, 2))] * 2
@@ -252,8 +252,8 @@ def test_svd_backend_flag_reaches_the_method_options(method, expected):
 
 
 @pytest.mark.parametrize("name,backend,advised", [
-    ("svd", "svd", True), ("svd", "hybrid", True), ("svd_eccv", "svd", True),
-    ("svd", "gram", False), ("svd_eccv", "gram", False), ("eid", "svd", False)])
+    ("svd", "linalg_svd", True), ("svd", "hybrid", True), ("svd_eccv", "linalg_svd", True),
+    ("svd", "gram", False), ("svd_eccv", "gram", False), ("eid", "linalg_svd", False)])
 def test_jit_advice_names_the_backends_that_run_tf_linalg_svd(name, backend, advised):
     advice = build_method(name, backend=backend).jit_advice()
     assert bool(advice) == advised

@@ -55,7 +55,7 @@ RUN_SCRIPT = textwrap.dedent("""
             handle.flush()
             pause()
         files.json.dump = half_dump
-    train(RunConfig(teacher="resnet8", student="resnet8", method="none", dataset="digits",
+    train(RunConfig(teacher="resnet8", student="resnet8", method="none", dataset="digits", image_size=8,
                     batch_size=32, take_train=128, take_test=32, epochs=%d, verbose=0, seed=5,
                     deterministic=True, train_dir=sys.argv[1]))
 """ % EPOCHS)

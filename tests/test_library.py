@@ -9,7 +9,7 @@ import tensorflow as tf
 
 import sskd_tf
 from sskd_tf.distill import METHODS
-from sskd_tf.distill.svd import svd_kd_loss
+from sskd_tf.distill.kd_svd import svd_kd_loss
 from sskd_tf.errors import UserError
 
 TAPS = ["block1", "block2", "block3"]

@@ -28,10 +28,11 @@ def _listed_flags(help_text):
 
 
 def _module_sections(help_text):
-    """{module name: flags listed under it} of absl's `module.name:` headed help."""
+    """{module name: flags listed under it} of absl's `module.name:` headed help (a
+    heading names a dotted module, so that prose such as "found:" is not one)."""
     sections, current = {}, None
     for line in help_text.splitlines():
-        heading = re.match(r"^([\w.]+):", line)
+        heading = re.match(r"^(\w+(?:\.\w+)+):", line)
         if heading:
             current = sections.setdefault(heading.group(1), set())
         elif current is not None:

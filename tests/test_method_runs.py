@@ -14,7 +14,7 @@ from sskd_tf.training.config import RunConfig
 from sskd_tf.training.run import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", batch_size=64,
+TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", image_size=8, batch_size=64,
             take_train=128, take_test=64, epochs=1, verbose=0)
 NO_INIT_PHASE = {"fitnet": {"init_epochs": 0}, "fsp": {"init_epochs": 0}}
 CLI_METHOD = "svd"
@@ -59,7 +59,7 @@ def test_the_init_phase_adds_its_epochs(teacher_weights, tmp_path):
 def test_main_py_distils_with_svd(teacher_weights, tmp_path):
     command = [sys.executable, "main.py",
                "--teacher=resnet8", "--student=resnet8", f"--method={CLI_METHOD}",
-               "--dataset=digits", "--epochs=1", "--batch_size=64",
+               "--dataset=digits", "--image_size=8", "--epochs=1", "--batch_size=64",
                f"--take_train={TINY['take_train']}", f"--take_test={TINY['take_test']}",
                f"--teacher_weights={teacher_weights}", f"--train_dir={tmp_path / 'run'}"]
     completed = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=600)
@@ -71,11 +71,15 @@ def test_main_py_distils_with_svd(teacher_weights, tmp_path):
     assert results["teacher_val_accuracy"] == pytest.approx(teacher["last_val_accuracy"])
 
 
-def test_svd_trains_with_the_gpu_options(teacher_weights, tmp_path):
-    """--svd_backend=batched with the decompositions requested on the CPU and a
-    mixed_bfloat16 student and teacher: one epoch of the digits run, finite."""
+@pytest.mark.slow
+@pytest.mark.parametrize("mixed_precision", ["none", "mixed_bfloat16"])
+def test_svd_trains_with_the_gpu_options(mixed_precision, teacher_weights, tmp_path):
+    """--svd_backend=batched with the decompositions requested on the CPU, in float32 and
+    with a mixed_bfloat16 student and teacher: one epoch of the digits run, finite. Long
+    (tracing the batched route takes minutes on 2 cores); the short checks of the same
+    train step are tests/test_batched_backend.py and tests/test_mixed_precision.py."""
     train(RunConfig(method="svd", method_options={"backend": "batched",
                                                   "decomposition_device": "cpu"},
-                    mixed_precision="mixed_bfloat16", teacher_weights=teacher_weights,
+                    mixed_precision=mixed_precision, teacher_weights=teacher_weights,
                     train_dir=str(tmp_path), **TINY))
     check_run(str(tmp_path), epochs=1)

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from main_cli import ERROR_PREFIX, REPO
 
-RUN = ("--method=none", "--teacher=resnet8", "--dataset=digits", "--take_train=64",
+RUN = ("--method=none", "--teacher=resnet8", "--dataset=digits", "--image_size=8", "--take_train=64",
        "--take_test=32", "--batch_size=32", "--seed=3")
 STEPS_PER_EPOCH = 2
 

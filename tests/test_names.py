@@ -21,7 +21,7 @@ def test_method_names_are_the_registry():
 def test_svd_gradients_are_the_ones_the_loss_accepts():
     import tensorflow as tf
 
-    from sskd_tf.distill.svd import GRADIENTS, svd_kd_loss
+    from sskd_tf.distill.kd_svd import GRADIENTS, svd_kd_loss
     maps = [tf.random.stateless_normal([2, 4, 4, 3], [0, tap]) for tap in range(2)]
     for gradient in GRADIENTS:
         assert float(svd_kd_loss(maps, maps, gradient=gradient)) >= 0.0
@@ -31,6 +31,19 @@ def test_svd_gradients_are_the_ones_the_loss_accepts():
         assert all(name in str(error) for name in GRADIENTS)
     else:
         raise AssertionError("an unknown gradient was accepted")
+
+
+def test_svd_names_one_meaning_each():
+    """"svd" names the method only: the loss's variants, the decomposition backends and
+    the method modules each use a name of their own."""
+    from sskd_tf import linalg
+    from sskd_tf.distill import kd_svd
+
+    assert "svd" in METHODS.names()
+    assert "svd" not in kd_svd.VARIANTS and "svd" not in kd_svd.BACKENDS
+    assert "svd" not in linalg.BACKENDS
+    assert not (REPO / "sskd_tf" / "distill" / "svd.py").exists()
+    assert {METHODS.get(name).variant for name in ("svd", "eid", "svd_eccv")} == set(kd_svd.VARIANTS)
 
 
 def test_every_model_family_builds_from_its_module():

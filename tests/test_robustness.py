@@ -24,7 +24,7 @@ from sskd_tf.training.run import train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", batch_size=32,
+TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", image_size=8, batch_size=32,
             take_train=128, take_test=64, verbose=0)
 
 
@@ -105,7 +105,7 @@ RUN_SCRIPT = textwrap.dedent("""
     from sskd_tf.training.config import RunConfig
     from sskd_tf.training.run import train
     try:
-        train(RunConfig(teacher="resnet8", student="resnet8", method="none", dataset="digits",
+        train(RunConfig(teacher="resnet8", student="resnet8", method="none", dataset="digits", image_size=8,
                         batch_size=32, take_train=256, take_test=64, epochs=3, verbose=0,
                         train_dir=sys.argv[1]))
     except KeyboardInterrupt:
@@ -135,6 +135,7 @@ def _wait_for_first_checkpoint(train_dir, process, timeout=600):
         time.sleep(0.2)
 
 
+@pytest.mark.slow  # the short check: tests/test_kill_anywhere.py and the replay test below
 def test_a_killed_run_resumes_to_the_same_number_of_steps(tmp_path):
     train_dir = str(tmp_path)
     process = _start_run(train_dir)
@@ -151,6 +152,7 @@ def test_a_killed_run_resumes_to_the_same_number_of_steps(tmp_path):
         assert len(json.load(handle)["val_accuracy"]) == EPOCHS
 
 
+@pytest.mark.slow  # the short check: the SIGINT half of the replay test below
 def test_sigint_saves_a_checkpoint_mid_epoch_and_the_run_resumes_from_it(tmp_path):
     train_dir = str(tmp_path)
     process = _start_run(train_dir)
@@ -254,7 +256,7 @@ DETERMINISM_SCRIPT = textwrap.dedent("""
     from sskd_tf.training.run import train
     import keras
     for train_dir in sys.argv[1:]:
-        train(RunConfig(teacher="resnet8", student="resnet8", method="none", dataset="digits",
+        train(RunConfig(teacher="resnet8", student="resnet8", method="none", dataset="digits", image_size=8,
                         batch_size=32, take_train=96, take_test=32, epochs=1, verbose=0, seed=7,
                         deterministic=True, train_dir=train_dir))
     first, second = (keras.models.load_model(d + "/student.keras") for d in sys.argv[1:])

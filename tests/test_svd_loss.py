@@ -7,13 +7,13 @@ import tensorflow as tf
 import svd_reference as ref
 from sskd_tf import linalg
 from sskd_tf.distill import build_method
-from sskd_tf.distill import svd as svd_module
-from sskd_tf.distill.svd import svd_kd_loss
+from sskd_tf.distill import kd_svd
+from sskd_tf.distill.kd_svd import svd_kd_loss
 
 # tall (16x3), wide (4x6), wide (1x12): both branches of every gradient.
 TAPS = [(4, 4, 3), (2, 2, 6), (1, 1, 12)]
 TALL_TAPS = [(4, 4, 3), (3, 3, 4), (3, 3, 2)]
-VARIANTS = ["svd", "eid", "eccv"]
+VARIANTS = ["refined", "eid", "eccv"]
 
 
 def _maps(taps, batch=3, seed=0):
@@ -34,12 +34,12 @@ def _matrices(fmap):
 
 
 def _np_decompose(fmap, variant):
-    decompose = linalg.svd if variant == "svd" else linalg.eid
+    decompose = linalg.svd if variant == "refined" else linalg.eid
     s, _, v = decompose(tf.constant(_matrices(fmap)))
     return s.numpy(), v.numpy()
 
 
-@pytest.mark.parametrize("variant", ["svd", "eid"])
+@pytest.mark.parametrize("variant", ["refined", "eid"])
 def test_refined_loss_value_matches_transcription(variant):
     student, teacher = _maps(TAPS, seed=1), _maps(TAPS, seed=2)
     expected = ref.refined_loss([_np_decompose(s, variant) for s in student],
@@ -70,22 +70,22 @@ def _student_gradient_by_transcription(student, teacher, variant):
     decompositions = [[x.numpy() for x in tf.linalg.svd(_matrices(s), full_matrices=False)] for s in student]
     raw_v = [tf.Variable(v) for _, _, v in decompositions]
     with tf.GradientTape() as tape:
-        if variant == "svd":
-            s_vs = [svd_module.leading_components(s, v, min(4, v.shape[-1]))[1]
+        if variant == "refined":
+            s_vs = [kd_svd.leading_components(s, v, min(4, v.shape[-1]))[1]
                     for (s, _, _), v in zip(decompositions, raw_v)]
-            t_parts = [svd_module.leading_components(s, v, 1) for s, v in teacher_parts]
-            loss = svd_module.refined_loss_from_components(s_vs, [p[0] for p in t_parts], [p[1] for p in t_parts])
+            t_parts = [kd_svd.leading_components(s, v, 1) for s, v in teacher_parts]
+            loss = kd_svd.refined_loss_from_components(s_vs, [p[0] for p in t_parts], [p[1] for p in t_parts])
         else:
             s_vs = [v[:, :, :2] for v in raw_v]
-            loss = svd_module.eccv_loss_from_components(
+            loss = kd_svd.eccv_loss_from_components(
                 s_vs, [s[:, :2] for s, _ in teacher_parts], [v[:, :, :2] for _, v in teacher_parts])
     dvs = tape.gradient(loss, raw_v)
-    formula = ref.original_gradient if variant == "svd" else ref.eccv_gradient
+    formula = ref.original_gradient if variant == "refined" else ref.eccv_gradient
     return [formula(s, u, v, dv.numpy()).reshape(x.shape)
             for (s, u, v), dv, x in zip(decompositions, dvs, student)]
 
 
-@pytest.mark.parametrize("variant", ["svd", "eccv"])
+@pytest.mark.parametrize("variant", ["refined", "eccv"])
 def test_faithful_student_gradients_match_transcription(variant):
     student, teacher = _maps(TAPS, seed=5), _maps(TAPS, seed=6)
     _, grads, _ = _loss_and_grads(student, teacher, variant, "original")
@@ -94,7 +94,7 @@ def test_faithful_student_gradients_match_transcription(variant):
         np.testing.assert_allclose(got.numpy(), want, rtol=1e-7, atol=1e-10)
 
 
-@pytest.mark.parametrize("variant", ["svd", "eid"])
+@pytest.mark.parametrize("variant", ["refined", "eid"])
 def test_exact_mode_matches_finite_differences_on_the_whole_loss(variant):
     student, teacher = _maps(TAPS, batch=2, seed=7), _maps(TAPS, batch=2, seed=8)
     teacher_t = [tf.constant(t) for t in teacher]
@@ -117,8 +117,8 @@ def test_exact_mode_matches_finite_differences_on_the_whole_loss(variant):
 
 def test_faithful_gradient_is_twice_the_exact_one_when_every_tap_is_tall():
     student, teacher = _maps(TALL_TAPS, seed=9), _maps(TALL_TAPS, seed=10)
-    _, original, _ = _loss_and_grads(student, teacher, "svd", "original")
-    _, exact, _ = _loss_and_grads(student, teacher, "svd", "exact")
+    _, original, _ = _loss_and_grads(student, teacher, "refined", "original")
+    _, exact, _ = _loss_and_grads(student, teacher, "refined", "exact")
     for o, e in zip(original, exact):
         np.testing.assert_allclose(o.numpy(), 2.0 * e.numpy(), rtol=1e-6, atol=1e-10)
 
@@ -163,19 +163,19 @@ def test_refined_loss_is_unchanged_when_student_vectors_flip_sign():
     flips = np.random.default_rng(17)
     flipped = [v * np.sign(flips.normal(size=(3, 1, 4))) for v in student_vs]
     np.testing.assert_allclose(
-        svd_module.refined_loss_from_components(flipped, teacher_ss, teacher_vs).numpy(),
-        svd_module.refined_loss_from_components(student_vs, teacher_ss, teacher_vs).numpy(), rtol=1e-12)
+        kd_svd.refined_loss_from_components(flipped, teacher_ss, teacher_vs).numpy(),
+        kd_svd.refined_loss_from_components(student_vs, teacher_ss, teacher_vs).numpy(), rtol=1e-12)
 
 
 def test_eccv_loss_is_unchanged_when_every_student_vector_flips_sign():
     """The 2018 release aligns the teacher to the student, so only a flip of every
     tap at once leaves its loss unchanged (a per-tap flip changes it: documented)."""
     student_vs, teacher_ss, teacher_vs = _components(18, n_student=2)
-    base = svd_module.eccv_loss_from_components(student_vs, teacher_ss, teacher_vs).numpy()
-    flipped = svd_module.eccv_loss_from_components([-v for v in student_vs], teacher_ss, teacher_vs).numpy()
+    base = kd_svd.eccv_loss_from_components(student_vs, teacher_ss, teacher_vs).numpy()
+    flipped = kd_svd.eccv_loss_from_components([-v for v in student_vs], teacher_ss, teacher_vs).numpy()
     np.testing.assert_allclose(flipped, base, rtol=1e-12)
     one_tap = [-student_vs[0]] + student_vs[1:]
-    assert not np.isclose(svd_module.eccv_loss_from_components(one_tap, teacher_ss, teacher_vs).numpy(), base)
+    assert not np.isclose(kd_svd.eccv_loss_from_components(one_tap, teacher_ss, teacher_vs).numpy(), base)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -207,7 +207,7 @@ def test_mismatched_tap_is_reported_before_any_svd(monkeypatch):
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"variant": "pca"}, "unknown KD-SVD variant 'pca'; choose one of: svd, eid, eccv"),
+    ({"variant": "pca"}, "unknown KD-SVD variant 'pca'; choose one of: refined, eid, eccv"),
     ({"gradient": "eccv"}, "unknown SVD gradient 'eccv'; choose one of: original, exact"),
 ])
 def test_bad_arguments_are_clear_errors(kwargs, message):

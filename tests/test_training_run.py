@@ -19,7 +19,7 @@ from sskd_tf.training.run import train
 
 from main_cli import REPO, main_error
 
-TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", batch_size=64,
+TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", image_size=8, batch_size=64,
             take_train=128, take_test=64, epochs=1, verbose=0)
 
 
@@ -54,7 +54,7 @@ def test_outputs_are_a_checkpoint_a_keras_file_and_an_export_without_taps(distil
     train_dir, _ = distilled_run
     assert tf.train.latest_checkpoint(os.path.join(train_dir, "checkpoints"))
     student = keras.models.load_model(os.path.join(train_dir, "student.keras"))
-    images = np.zeros((2, 32, 32, 3), np.float32)
+    images = np.zeros((2, 8, 8, 3), np.float32)  # TINY runs at --image_size=8
     out = student(images)
     assert set(out) == {"logits", "features"}
     exported = tf.saved_model.load(os.path.join(train_dir, "student_export"))
@@ -176,7 +176,7 @@ def test_mirrored_strategy_on_two_cpus_gives_the_single_device_update():
     (["--method=bogus"], "flag --method=bogus: value should be one of"),
     (["--epochs=0"], "flag --epochs=0"),
     (["--lr_decay_points=0.6,0.3"], "strictly increasing"),
-    (["--dataset=digits", "--teacher_weights=/nonexistent.keras", "--teacher=resnet8"], "no such file"),
+    (["--dataset=digits", "--image_size=8", "--teacher_weights=/nonexistent.keras", "--teacher=resnet8"], "no such file"),
 ])
 def test_bad_flags_exit_with_one_line(argv, message):
     error, _ = main_error(*argv)

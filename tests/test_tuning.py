@@ -25,7 +25,7 @@ from sskd_tf.training.config import RunConfig
 
 from main_cli import REPO, main_error
 
-TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", batch_size=64,
+TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", image_size=8, batch_size=64,
             take_train=128, take_test=64, epochs=1, verbose=0, method="svd",
             method_options={"gradient": "original", "project_student": False})
 SVD_SPACE = ["weight", "clip_scale", "teacher_components", "student_extra_components",
@@ -256,7 +256,7 @@ def test_tensorboard_serves_the_scalars_and_the_hparams_of_a_search(searched):
 
 
 KILL_ARGS = ["--mode=tune", "--method=svd", "--teacher=resnet8", "--student=resnet8",
-             "--dataset=digits", "--batch_size=64", "--take_train=128", "--take_test=64",
+             "--dataset=digits", "--image_size=8", "--batch_size=64", "--take_train=128", "--take_test=64",
              "--epochs=1", "--svd_gradient=original", "--noproject_student", "--tuner=random",
              "--max_trials=2", "--tune_epochs=1", "--seed=1", "--deterministic"]
 

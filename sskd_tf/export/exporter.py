@@ -22,6 +22,7 @@ from absl import logging
 
 from sskd_tf import data as datasets
 from sskd_tf import models
+from sskd_tf.data.pipeline import resize
 from sskd_tf.data.recipes import normalize
 from sskd_tf.errors import UserError
 from sskd_tf.export import interpreter, report
@@ -87,9 +88,11 @@ def load_student(train_dir):
 
 def run_data(settings, options):
     """(representative images, validation images, validation labels) of the run, images
-    normalised as the run's evaluation pipeline does."""
+    resized to the run's --image_size and normalised as its evaluation pipeline does."""
     data_dir = options.data_dir or settings.get("data_dir")
     train_images, _, test_images, test_labels = datasets.load_arrays(settings["dataset"], data_dir)
+    image_size = settings.get("image_size")
+    train_images, test_images = resize(train_images, image_size), resize(test_images, image_size)
     train_images = train_images[:settings.get("take_train")]
     chosen = np.random.default_rng(settings.get("seed", 0)).choice(
         len(train_images), min(options.representative_samples, len(train_images)), replace=False)

@@ -7,19 +7,19 @@ Each feature map is compressed to its leading right singular vectors; the
 knowledge is the radial-basis-function correlation between the vectors of
 consecutive taps (paper eq. 5-7). Three variants (docs/method.md sections 1, 2 and 4):
 
-- "svd": the authors' refined code (KD_methods_with_TF `nets/Shared.py` and
-  `nets/SVP.py`), the default.
-- "eid": the same with the Gram-matrix decomposition (KD-EID).
-- "eccv": the 2018 release (SSKD_SVD `nets/Distillation.py`).
+- "refined": the authors' refined code (KD_methods_with_TF `nets/Shared.py` and
+  `nets/SVP.py`), the default; method "svd".
+- "eid": the same with the Gram-matrix decomposition (KD-EID); method "eid".
+- "eccv": the 2018 release (SSKD_SVD `nets/Distillation.py`); method "svd_eccv".
 
 Every variant takes a decomposition backend (`BACKENDS`), all with the same
 backward formulas:
-- "svd": `tf.linalg.svd` (KD-EID: its own Gram route) for both networks. Faithful.
+- "linalg_svd": `tf.linalg.svd` (KD-EID: its own Gram route) for both networks. Faithful.
 - "gram": `linalg.gram_svd` for both: the fastest, with a fixed sign rule of its
-  own, so the loss differs from "svd" where `tf.linalg.svd` gives the teacher's
+  own, so the loss differs from "linalg_svd" where `tf.linalg.svd` gives the teacher's
   vectors other relative signs (see `linalg.gram_svd`).
 - "hybrid": the faithful route only on the side whose signs the loss depends on,
-  `linalg.gram_svd` on the other: the loss and gradients of "svd" (up to rounding)
+  `linalg.gram_svd` on the other: the loss and gradients of "linalg_svd" (up to rounding)
   at part of its cost. The refined loss aligns the student's vectors to the
   teacher's, so only the teacher's signs matter; the 2018 release aligns the
   teacher's to the student's, so there only the student's do.
@@ -33,7 +33,7 @@ from sskd_tf import linalg, linalg_batched
 from sskd_tf.distill.base import METHODS, DistillationMethod
 from sskd_tf.errors import UserError
 
-VARIANTS = ("svd", "eid", "eccv")
+VARIANTS = ("refined", "eid", "eccv")
 # main.py's flags for the methods of this module, read without importing it
 # (distill/catalog.py): literals only.
 COMMAND_LINE_OPTIONS = {
@@ -42,11 +42,12 @@ COMMAND_LINE_OPTIONS = {
         "help": "KD-SVD / KD-EID backward pass: original (the authors' formula, faithful) or "
                 "exact (the true SVD gradient, guarded against degenerate spectra)."},
     "svd_backend": {
-        "option": "backend", "default": "svd", "choices": ("svd", "gram", "hybrid", "batched"),
-        "help": "KD-SVD / KD-EID decomposition, same gradient formulas in all: svd "
+        "option": "backend", "default": "linalg_svd",
+        "choices": ("linalg_svd", "gram", "hybrid", "batched"),
+        "help": "KD-SVD / KD-EID decomposition, same gradient formulas in all: linalg_svd "
                 "(tf.linalg.svd, faithful), gram (eigh of the smaller Gram matrix: fastest on "
                 "CPU, its own sign rule, so another loss where tf.linalg.svd's teacher signs "
-                "differ), hybrid (tf.linalg.svd only where signs matter: the loss of svd, "
+                "differ), hybrid (tf.linalg.svd only where signs matter: the loss of linalg_svd, "
                 "faster) or batched (dense batched operations only, no Svd/Eigh op: the GPU "
                 "route, best with --jit; gram's signs). See docs/benchmarks.md."},
     "decomposition_device": {
@@ -99,7 +100,7 @@ def rbf_correlation(vectors, previous_vectors, width=RBF_WIDTH):
     return tf.exp(-tf.square(diff) / width)
 
 
-# ---------------------------------------------------------------- refined: svd, eid
+# ---------------------------------------------------------------- refined and eid variants
 
 
 def leading_components(s, v, n):
@@ -282,7 +283,7 @@ def _decompositions(variant, gradient, backend, components):
     if backend != "hybrid":
         return (_decomposition(variant, gradient, backend, student_components),
                 _decomposition(variant, gradient, backend, teacher_components))
-    faithful = _decomposition(variant, gradient, "svd", None)
+    faithful = _decomposition(variant, gradient, "linalg_svd", None)
     fast = _decomposition(variant, gradient, "gram", None)
     return (faithful, fast) if variant == "eccv" else (fast, faithful)
 
@@ -335,16 +336,16 @@ def _placed(decompose, device):
     return run
 
 
-def svd_kd_loss(student_feats, teacher_feats, variant="svd", gradient="original", *,
-                backend="svd", teacher_components=1, student_extra_components=3,
+def svd_kd_loss(student_feats, teacher_feats, variant="refined", gradient="original", *,
+                backend="linalg_svd", teacher_components=1, student_extra_components=3,
                 rbf_width=RBF_WIDTH, device=None):
     """KD-SVD distillation loss between paired lists of [B, H, W, D] feature maps.
 
-    variant: "svd" (refined KD-SVD, default), "eid" (KD-EID) or "eccv" (2018 release).
+    variant: "refined" (refined KD-SVD, default), "eid" (KD-EID) or "eccv" (2018 release).
     gradient: "original" (the authors' SVD gradient of that variant: docs/method.md section 3
-    for svd/eid, section 4 for eccv) or "exact" (the true, guarded SVD gradient).
-    backend: "svd" (faithful), "gram" (fastest; its own sign rule) or "hybrid"
-    (the loss of "svd", faster): see the module docstring.
+    for refined/eid, section 4 for eccv) or "exact" (the true, guarded SVD gradient).
+    backend: "linalg_svd" (faithful), "gram" (fastest; its own sign rule), "hybrid"
+    (the loss of "linalg_svd", faster) or "batched": see the module docstring.
     teacher_components (K), student_extra_components and rbf_width are the
     refined code's 1, 3 and 8; for "eccv", teacher_components is num_DFV and
     student_extra_components is unused.
@@ -382,7 +383,7 @@ class KDSVD(DistillationMethod):
     project_student: when a student tap is narrower or wider than the teacher's,
     map it to the teacher's width with a learned 1x1 conv + BN first (as the
     authors' TF2 rewrite does); spatial sizes must still match.
-    backend: the decomposition, "svd" (faithful), "gram", "hybrid" or "batched" (see the
+    backend: the decomposition, "linalg_svd" (faithful), "gram", "hybrid" or "batched" (see the
     module docstring).
     decomposition_device: "auto" (faithful: the host CPU when the step runs on an
     accelerator), "cpu" or "accelerator" (see `decomposition_device`).
@@ -390,13 +391,13 @@ class KDSVD(DistillationMethod):
     decompositions and the loss stay in float32.
     """
 
-    variant = "svd"
+    variant = "refined"
     gradient_rule = "clip"
     reduction = "sum"
 
     def __init__(self, gradient="original", weight=1.0, teacher_components=1,
                  student_extra_components=3, rbf_width=RBF_WIDTH, project_student=False,
-                 backend="svd", decomposition_device="auto", **kwargs):
+                 backend="linalg_svd", decomposition_device="auto", **kwargs):
         super().__init__(**kwargs)
         check_backend(backend)
         if decomposition_device not in DECOMPOSITION_DEVICES:
@@ -483,7 +484,7 @@ class KDSVD(DistillationMethod):
 class KDSVDRefined(KDSVD):
     """Refined KD-SVD (KD_methods_with_TF), docs/method.md section 1."""
 
-    variant = "svd"
+    variant = "refined"
 
 
 @METHODS.register("eid")
