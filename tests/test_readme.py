@@ -28,3 +28,30 @@ def test_distil_your_own_model_runs_as_written(tmp_path, monkeypatch):
     assert saved.output_shape == (None, 10)
     assert "svd_loss" in namespace["distiller"].history.history
     exec(compile(keras_example, "README.md", "exec"), namespace)
+
+
+def test_the_first_run_is_the_flagfile_of_a_comparison_it_describes(monkeypatch):
+    """The README's first command reads examples/first_run.flags, which main.py parses
+    into a comparison of the student alone and KD-SVD over 3 seeds on digits."""
+    import copy
+
+    from absl import flags as absl_flags
+
+    import flags  # noqa: F401  (defines main.py's flags)
+    from sskd_tf.modes import compare as compare_mode
+
+    section = readme_section("First run (offline)")
+    assert "    python main.py --flagfile=examples/first_run.flags\n" in section
+    calls = []
+    monkeypatch.setattr(compare_mode, "compare", lambda *args: calls.append(args))
+    monkeypatch.chdir(README.parent)
+    flag_values = copy.deepcopy(absl_flags.FLAGS)
+    flag_values(["main.py", "--flagfile=examples/first_run.flags"])
+    assert flag_values.mode == "compare"
+    compare_mode.run(flag_values)
+    (base, methods, seeds, _), = calls
+    assert (methods, seeds) == (["none", "svd"], 3)
+    assert (base.dataset, base.teacher, base.student) == ("digits", "resnet14", "resnet8")
+    for value in (f"{base.image_size}x{base.image_size}", f"{base.epochs} epochs",
+                  f"batch {base.batch_size}", f"learning rate {base.learning_rate}"):
+        assert value in section, value
