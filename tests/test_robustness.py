@@ -264,6 +264,7 @@ DETERMINISM_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # the short check: the replay test below, also under --deterministic
 def test_two_deterministic_runs_give_identical_weights(tmp_path):
     result = subprocess.run([sys.executable, "-c", DETERMINISM_SCRIPT, str(tmp_path / "a"), str(tmp_path / "b")],
                             cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)

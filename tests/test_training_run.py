@@ -100,6 +100,7 @@ def _optimizer_steps(train_dir):
     return int(reader.get_tensor(names[0]))
 
 
+@pytest.mark.slow  # the short checks: tests/test_kill_anywhere.py and the replay test of tests/test_robustness.py
 def test_an_interrupted_run_resumes_at_the_right_epoch(tmp_path, monkeypatch, distilled_run):
     teacher_weights = os.path.join(distilled_run[0], "teacher", "student.keras")
     config = RunConfig(method="svd", train_dir=str(tmp_path), teacher_weights=teacher_weights,
