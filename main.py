@@ -8,11 +8,13 @@ when set, decides TensorFlow's as usual.
 A mistake the user can fix (a bad flag, a missing file, data that cannot be
 found: a `UserError`) ends with one line on stderr and exit status 2; a run
 stopped because its steps kept failing, with exit status 1; an interrupted run
-(SIGINT, after its checkpoint is saved), with 130. Any other exception is a bug
-of ours: one line saying so, exit status 1, and its traceback in
-`--train_dir`/error.log (a temporary file when that directory cannot be written).
+(SIGINT: 130, SIGTERM: 143; a training run saves its checkpoint first), with 128 plus
+the signal's number. Any other exception is a bug of ours: one line saying so, exit
+status 1, and its traceback in `--train_dir`/error.log (a temporary file when that
+directory is not given or cannot be written).
 """
 import os
+import signal
 import sys
 import tempfile
 import traceback
@@ -23,12 +25,11 @@ from absl import flags as absl_flags
 import flags  # defines every flag of the project
 from flags.flagfiles import check_flagfiles
 from sskd_tf import modes, quiet_start
-from sskd_tf.errors import (MESSAGE_LIMIT, SearchFailed, TrainingDiverged, UserError,
-                            WorkerLost, one_line)
+from sskd_tf.errors import (MESSAGE_LIMIT, Interrupted, SearchFailed, TrainingDiverged,
+                            UserError, WorkerLost, one_line)
 
 USAGE_ERROR = 2
 RUN_FAILED = 1
-INTERRUPTED = 130
 # Answered with this project's flags alone; absl's --helpfull still lists every flag.
 HELP_ARGUMENTS = ("-?", "-h", "--help", "--helpshort")
 ERROR_LOG = "error.log"
@@ -42,6 +43,8 @@ def _fail(message, status=USAGE_ERROR, limit=MESSAGE_LIMIT):
 def _write_error_log(text):
     """Write `text` to --train_dir/error.log, else to a temporary file; return its path."""
     try:
+        if not absl_flags.FLAGS.train_dir:
+            raise OSError("no --train_dir")
         os.makedirs(absl_flags.FLAGS.train_dir, exist_ok=True)
         path = os.path.join(absl_flags.FLAGS.train_dir, ERROR_LOG)
         with open(path, "w") as handle:
@@ -73,10 +76,16 @@ def parse_flags(argv):
         _fail(error)
 
 
+def _terminated(signum, frame):
+    """SIGTERM outside training (where the run's checkpoint handles it) ends as Ctrl-C does."""
+    raise Interrupted(signum=signum)
+
+
 def main(argv):
     if len(argv) > 1:
         _fail(f"unexpected arguments: {' '.join(argv[1:])}")
     quiet_start.apply(verbosity_given=absl_flags.FLAGS["verbosity"].present)
+    signal.signal(signal.SIGTERM, _terminated)
     try:
         modes.run(absl_flags.FLAGS.mode, absl_flags.FLAGS)
     except UserError as error:
@@ -84,8 +93,10 @@ def main(argv):
     except (TrainingDiverged, SearchFailed, WorkerLost) as error:
         _fail(error, RUN_FAILED)
     except KeyboardInterrupt as error:
+        signum = getattr(error, "signum", signal.SIGINT)
         detail = f" ({error})" if str(error) else ""
-        _fail(f"interrupted{detail}; run the same command again to resume", INTERRUPTED)
+        _fail(f"interrupted by {signal.Signals(signum).name}{detail}; run the same command "
+              "again to resume", 128 + signum)
     except Exception as error:  # noqa: BLE001 (every other exception is a bug of ours)
         _internal_error(error)
 

@@ -32,8 +32,8 @@ def weights_per_epoch(config):
     store = []
     original = run.build_distiller
 
-    def recording(config, method, teacher, student, steps_in_epoch):
-        distiller = original(config, method, teacher, student, steps_in_epoch)
+    def recording(config, method, teacher, student, cut):
+        distiller = original(config, method, teacher, student, cut)
         store.append(np.concatenate([w.numpy().ravel() for w in student.trainable_weights]))
         run_callbacks_of.append(_WeightsPerEpoch(student, store))
         return distiller

@@ -18,7 +18,7 @@ from sskd_tf.distill.catalog import catalog
 from sskd_tf.distill.kd_svd import BACKENDS
 from sskd_tf.training.config import RunConfig
 from sskd_tf.training.run import build_distiller
-from sskd_tf.training.schedule import steps_per_epoch
+from sskd_tf.training.schedule import EpochCut
 
 STUDENT_ONLY = "(a) student"
 WITH_TEACHER = "(b) student + teacher forward"
@@ -115,9 +115,9 @@ def build_step(case, teacher, batch, student_name="resnet8", num_classes=100):
     method = make_method(case)
     student = models.build_model(student_name, num_classes, weight_decay=config.weight_decay)
     method.prepare(teacher, tf.data.Dataset.from_tensors(batch))
-    steps_in_epoch = steps_per_epoch(int(batch[0].shape[0]), CIFAR_TRAIN_IMAGES)
+    cut = EpochCut(config.epoch_cut, CIFAR_TRAIN_IMAGES, int(batch[0].shape[0]))
     distiller = build_distiller(config, method, teacher if method.needs_teacher else None,
-                                student, steps_in_epoch)
+                                student, cut)
     distiller.make_train_function()
     iterator = iter(tf.data.Dataset.from_tensors(batch).repeat())
 

@@ -8,5 +8,8 @@ flags.DEFINE_enum("mode", "train", MODES,
                   "teacher: train the teacher alone; summary: print both models; "
                   "compare: train several methods with the same teacher; tune: search loss weights; "
                   "export: convert the student of a finished --train_dir to LiteRT.")
-flags.DEFINE_string("train_dir", "runs/default", "Directory for checkpoints, logs and results.")
+flags.DEFINE_string("train_dir", None,
+                    "Directory of the run: checkpoints, logs and results. Default: "
+                    "runs/<method or mode>-<student>-<dataset>-<8 hex digits of the settings' "
+                    "fingerprint>, so the same command resumes its run and another gets its own.")
 flags.DEFINE_integer("seed", 0, "Random seed for weights, data order and augmentation.")

@@ -2,13 +2,19 @@
 unset take the recipe's value (docs/method.md section 5)."""
 from absl import flags
 
-from sskd_tf.training.recipes import OPTIMIZER_NAMES, RECIPES, decay_points
+from sskd_tf.training.recipes import EPOCH_CUTS, OPTIMIZER_NAMES, RECIPES, decay_points
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
 
-flags.DEFINE_enum("recipe", "kd_methods", RECIPES.names(),
+flags.DEFINE_enum("recipe", None, RECIPES.names(),
                   "kd_methods: KD_methods_with_TF (lr 0.1, 100 epochs, wd 5e-4); "
-                  "eccv2018: SSKD_SVD (lr 0.01, 200 epochs, wd 1e-4, rotation augmentation).")
+                  "eccv2018: SSKD_SVD (lr 0.01, 200 epochs, wd 1e-4, rotation augmentation). "
+                  "Default: the method's own (eccv2018 for svd_eccv), else kd_methods.")
+flags.DEFINE_enum("epoch_cut", None, EPOCH_CUTS,
+                  "How steps make epochs (recipe: its own). kd_methods: full batches across "
+                  "passes, epoch floor(step*B/N), int(E*N/B)+1 steps; eccv2018: full batches, "
+                  "int(N/B) steps an epoch, int(E*N/B) steps; pass: one pass an epoch, its "
+                  "last batch partial (ceil(N/B) steps).")
 flags.DEFINE_integer("epochs", None, "Training epochs (recipe: 100 / 200).", lower_bound=1)
 flags.DEFINE_integer("batch_size", None, "Global training batch (recipe: 128).", lower_bound=1)
 flags.DEFINE_float("learning_rate", None, "Initial learning rate (recipe: 0.1 / 0.01).", lower_bound=0.0)

@@ -10,6 +10,7 @@ accuracies; its best is never above the mean of per-run bests, and below it unle
 is the best of every run.
 """
 import csv
+import io
 import math
 import os
 
@@ -22,9 +23,10 @@ from matplotlib.ticker import MaxNLocator
 
 from sskd_tf import data as datasets
 from sskd_tf.distill import build_method
+from sskd_tf.training import files
 from sskd_tf.training.callbacks import read_history
-from sskd_tf.training.run import build_student, run_datasets
-from sskd_tf.training.schedule import steps_per_epoch
+from sskd_tf.training.run import build_student, run_data
+from sskd_tf.training.schedule import EpochCut
 
 TRAIN_TIME_COLUMN = "train_time_s"
 CSV_COLUMNS = ("method", "seeds", "epochs", "last_val_accuracy_mean", "last_val_accuracy_std",
@@ -34,15 +36,17 @@ CSV_COLUMNS = ("method", "seeds", "epochs", "last_val_accuracy_mean", "last_val_
 
 def step_time(config, results):
     """Seconds per training step of a finished run: the median over epochs of the epoch's
-    training time (history.csv column train_time_s) over its steps; without that column,
-    the run's wall time over all its steps (which includes validation and checkpoints)."""
+    training time (history.csv column train_time_s) over its steps (column steps);
+    without them, the run's wall time over all its steps (which includes validation and
+    checkpoints)."""
+    history = read_history(config.train_dir)
+    if history and {TRAIN_TIME_COLUMN, "steps"} <= set(history[0]):
+        return float(np.median([float(row[TRAIN_TIME_COLUMN]) / float(row["steps"])
+                                for row in history]))
     config = config.resolved()
     num_train = len(range(datasets.get_dataset_info(config.dataset).num_train)[:config.take_train])
-    steps = steps_per_epoch(config.batch_size, num_train)
-    history = read_history(config.train_dir)
-    if history and TRAIN_TIME_COLUMN in history[0]:
-        return float(np.median([float(row[TRAIN_TIME_COLUMN]) for row in history])) / steps
-    return results["wall_time_s"] / (steps * results["epochs"])
+    cut = EpochCut(config.epoch_cut, num_train, config.batch_size)
+    return results["wall_time_s"] / cut.total_steps(results["epochs"])
 
 
 def mean_std(values):
@@ -80,7 +84,8 @@ def evaluate_exits(config):
     """Validation accuracy and FLOPs of every exit of a finished self_distill-like run,
     shallowest first, from its last checkpoint."""
     config = config.resolved()
-    _, val_ds, info = run_datasets(config)
+    data = run_data(config)
+    val_ds, info = data.validation, data.info
     student = build_student(config, info)
     method = build_method(config.method, **config.method_options)
     method.exit_logits(student(tf.zeros((1,) + tuple(info.image_shape))))
@@ -110,13 +115,14 @@ def exit_summary(per_seed):
 
 
 def write_outputs(root, base, rows, results, exits):
+    """results.md, results.csv and val_accuracy.png in `root`, each written atomically."""
     os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, "results.md"), "w") as handle:
-        handle.write(markdown(base, rows, results, exits))
-    with open(os.path.join(root, "results.csv"), "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows({k: "" if _missing(v) else v for k, v in row.items()} for row in rows)
+    files.write_text(os.path.join(root, "results.md"), markdown(base, rows, results, exits))
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: "" if _missing(v) else v for k, v in row.items()} for row in rows)
+    files.write_text(os.path.join(root, "results.csv"), table.getvalue())
     plot_val_accuracy(os.path.join(root, "val_accuracy.png"), results)
 
 
@@ -191,4 +197,5 @@ def plot_val_accuracy(path, results):
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    files.write_atomically(path, lambda handle: figure.savefig(handle, format="png", dpi=100),
+                           binary=True)

@@ -1,5 +1,6 @@
 """Exceptions a run raises for its callers (main.py turns them into one line)."""
 import re
+import signal
 
 
 class UserError(ValueError):
@@ -18,6 +19,15 @@ class SearchFailed(RuntimeError):
 
 class WorkerLost(RuntimeError):
     """Another worker of a multi-worker run stopped; restarting all of them resumes."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal (SIGINT: Ctrl-C, or SIGTERM), after saving its
+    checkpoint when it was training; main.py exits with status 128 + `signum`."""
+
+    def __init__(self, message="", signum=signal.SIGINT):
+        super().__init__(message)
+        self.signum = signum
 
 
 # Where a message starts to print a tensor or an array: nothing from there on is shown.

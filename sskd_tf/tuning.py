@@ -3,37 +3,46 @@
 The teacher is trained (by the recipe, cached in train_dir/teacher/) or loaded
 once and shared by every trial. A trial builds a fresh student and the method
 from `METHODS.get(name).search_space(hp)` merged with the fixed options,
-compiles the Distiller as a training run does and trains it with `model.fit`:
-the first `epochs` epochs (after the method's init_epochs) of the full run, on
-the full run's learning-rate schedule. The objective is the best `val_accuracy`.
+compiles the Distiller as a training run does and trains it as a run does
+(training/loop.py): the first `epochs` epochs (after the method's init_epochs) of
+the full run, on the full run's epochs and learning-rate schedule. The objective is
+the best `val_accuracy`.
+
+With the same seed, a search proposes the same trials in the same order with every
+tuner (keras-tuner is given --seed + 1: it takes 0 for "no seed"; the Bayesian
+tuner's optimiser starts from points keyed by the trial's number), and every trial
+starts from the same seed on the same stream, so that a resumed search replays what
+an uninterrupted one would (with --deterministic, score for score).
 
 Layout of train_dir/tune/ (keras-tuner's project directory; a re-run resumes it):
   oracle.json, trial_*/   the tuner's state and each trial's best weights
-  search.json             the settings of the search, checked on resume
-  trials.md, trials.csv   every trial, best first
-  best.flags              the best trial as a flagfile of `main.py` (mode train)
+  run.json                the identity of the search (training/identity.py), checked on resume
+  trials.md, trials.csv   every trial, best first (written atomically)
+  best.flags              the best trial as a flagfile of `main.py` (sskd_tf/modes/tune.py)
   hparams/                TensorBoard HParams logs: the experiment, one run per trial
 """
 import csv
+import dataclasses
 import glob
-import json
+import io
 import math
 import os
 import shutil
 
 import keras
 import keras_tuner as kt
+import numpy as np
 import tensorflow as tf
 from keras_tuner.engine import hyperparameters as hp_types
 from tensorboard.plugins.hparams import api as hparams_api
 
 from sskd_tf.distill import METHODS, build_method
-from sskd_tf.distill.catalog import flag_of_option
 from sskd_tf.errors import SearchFailed, UserError
-from sskd_tf.training import files
+from sskd_tf.training import files, identity
 from sskd_tf.training.callbacks import NonFiniteGuard
-from sskd_tf.training.run import build_distiller, build_student, run_datasets, teacher_weights_path
-from sskd_tf.training.schedule import steps_per_epoch
+from sskd_tf.training.loop import fit_epochs
+from sskd_tf.training.run import (build_distiller, build_student, epoch_cut, run_data,
+                                  teacher_identity, teacher_weights_path)
 from sskd_tf.training.strategy import make_strategy
 from sskd_tf.training.teacher import load_teacher
 
@@ -53,15 +62,29 @@ def _retried_from_scratch(tuner_class):
     return RetriedFromScratch
 
 
-TUNERS = {name: _retried_from_scratch(tuner_class) for name, tuner_class in (
-    ("random", kt.RandomSearch), ("bayesian", kt.BayesianOptimization),
-    ("hyperband", kt.Hyperband))}
+class ReplayingBayesianOracle(kt.oracles.BayesianOptimizationOracle):
+    """keras-tuner's Bayesian oracle, whose optimiser starts from points drawn by a
+    generator keyed by (seed, number of trials so far) instead of one generator for the
+    whole search, which a resumed search would restart: a resumed search proposes what
+    an uninterrupted one would."""
+
+    def populate_space(self, trial_id):
+        self._random_state = np.random.RandomState([self.seed, len(self.trials)])
+        return super().populate_space(trial_id)
+
+
+def _bayesian(hypermodel, max_trials, **common):
+    oracle_options = {name: common.pop(name) for name in (
+        "objective", "hyperparameters", "seed", "max_consecutive_failed_trials")}
+    oracle = ReplayingBayesianOracle(max_trials=max_trials, **oracle_options)
+    return _retried_from_scratch(kt.Tuner)(oracle, hypermodel, **common)
+
+
+TUNERS = {"random": _retried_from_scratch(kt.RandomSearch), "bayesian": _bayesian,
+          "hyperband": _retried_from_scratch(kt.Hyperband)}
 OBJECTIVE = "val_accuracy"
 RESULT_COLUMNS = ("trial", "status", OBJECTIVE, "best_epoch")
 TUNE_DIR = "tune"
-SETTINGS_FILE = "search.json"
-UNCHECKED_SETTINGS = ("train_dir", "data_dir", "strategy", "jit", "deterministic", "overwrite",
-                      "verbose")
 
 
 def search_space(config):
@@ -85,54 +108,58 @@ def tuned_names(hp):
 
 class DistillerHyperModel(kt.HyperModel):
     """Builds and compiles the Distiller of one trial; every trial starts from the
-    same seed and reads the data afresh, so that trials differ only by their
+    same seed on the same data stream, so that trials differ only by their
     hyperparameters and a resumed search replays what an uninterrupted one would."""
 
-    def __init__(self, config, teacher, info):
+    def __init__(self, config, teacher, data):
         super().__init__(name=f"{config.method}_distiller")
         self.config = config
         self.teacher = teacher
-        self.info = info
-        self.steps_in_epoch = steps_per_epoch(config.batch_size, info.num_train)
+        self.data = data
+        self.cut = epoch_cut(config, data.info)
+
+    def _stream(self, start_step):
+        return self.data.training(start_step, self.cut.full_batches)
 
     def build(self, hp):
         keras.utils.set_random_seed(self.config.seed)
         options = {**self.config.method_options,
                    **METHODS.get(self.config.method).search_space(hp)}
         method = build_method(self.config.method, **options)
-        student = build_student(self.config, self.info)
-        method.prepare(self.teacher, run_datasets(self.config)[0].take(self.steps_in_epoch))
-        return build_distiller(self.config, method, self.teacher, student, self.steps_in_epoch)
+        student = build_student(self.config, self.data.info)
+        method.prepare(self.teacher, self._stream(0).take(self.cut.first_step(1)))
+        return build_distiller(self.config, method, self.teacher, student, self.cut)
 
-    def fit(self, hp, model, epochs=1, initial_epoch=0, callbacks=(), **kwargs):
-        """model.fit on fresh datasets for the method's init_epochs and then `epochs`,
-        as a run counts them; a trial that diverges stops (and fails) as a run does.
-        A trial that continues another (Hyperband) starts its step count where that
-        one stopped, for the learning rate and the clipping rule, and its data stream at
-        the pass that one would have trained next. A trial run again
-        after an interruption starts its TensorBoard curves over."""
+    def fit(self, hp, model, epochs=1, initial_epoch=0, callbacks=(), verbose=1, **kwargs):
+        """Train the method's init_epochs and then `epochs` epochs of the full run, as a
+        run trains them (training/loop.py); a trial that diverges stops (and fails) as a
+        run does. A trial that continues another (Hyperband) starts its step count, and
+        so the learning rate, the clipping rule and the data stream, where that one
+        stopped. A trial run again after an interruption starts its TensorBoard curves
+        over."""
+        del kwargs
         for callback in callbacks:
             if isinstance(callback, keras.callbacks.TensorBoard):
                 for split in ("train", "validation"):
                     shutil.rmtree(os.path.join(callback.log_dir, split), ignore_errors=True)
         offset = model.method.init_epochs
         initial_epoch = initial_epoch + offset if initial_epoch else 0
-        model.optimizer.iterations.assign(initial_epoch * self.steps_in_epoch)
-        train_ds, val_ds, _ = run_datasets(self.config, start_pass=initial_epoch)
+        model.optimizer.iterations.assign(self.cut.first_step(initial_epoch))
         callbacks = list(callbacks) + [NonFiniteGuard(self.config.max_consecutive_skips)]
-        return model.fit(train_ds, validation_data=val_ds, epochs=epochs + offset,
-                         initial_epoch=initial_epoch, steps_per_epoch=self.steps_in_epoch,
-                         callbacks=callbacks, shuffle=False, **kwargs)
+        return fit_epochs(model, self._stream, self.cut, self.config.epochs + offset, callbacks,
+                          validation_data=self.data.validation, verbose=verbose,
+                          stop_epoch=epochs + offset)
 
 
 def make_tuner(name, hypermodel, hyperparameters, max_trials, epochs, seed, tune_dir, strategy):
     """The keras-tuner tuner `name`, resuming the project in `tune_dir` if any.
     Hyperband's brackets go up to `epochs`; --max_trials caps its trial count.
-    Failed trials (a diverged one, say) are recorded and the search goes on."""
+    Failed trials (a diverged one, say) are recorded and the search goes on.
+    keras-tuner gets `seed + 1`, since it draws a random seed for 0."""
     if name not in TUNERS:
         raise UserError(f"unknown tuner {name!r}; choose one of: {', '.join(TUNERS)}")
     common = dict(objective=kt.Objective(OBJECTIVE, "max"), hyperparameters=hyperparameters,
-                  seed=seed, directory=os.path.dirname(tune_dir),
+                  seed=seed + 1, directory=os.path.dirname(tune_dir),
                   project_name=os.path.basename(tune_dir), distribution_strategy=strategy,
                   max_consecutive_failed_trials=max_trials + 1)
     if name == "hyperband":
@@ -142,36 +169,34 @@ def make_tuner(name, hypermodel, hyperparameters, max_trials, epochs, seed, tune
     return TUNERS[name](hypermodel, max_trials=max_trials, **common)
 
 
-def _settings(config, tuner, epochs):
-    """What a trial's result depends on; where things are and how they run may change."""
-    settings = {k: v for k, v in vars(config).items() if k not in UNCHECKED_SETTINGS}
-    settings.update(tuner=tuner, tune_epochs=epochs)
-    return json.loads(json.dumps(settings))
+@dataclasses.dataclass
+class Search:
+    """A finished search: its rows (`trial_rows`), its resolved config (train_dir
+    included), its directory, and the teacher weights every trial used (None: none)."""
+
+    rows: list
+    config: object
+    tune_dir: str
+    teacher_weights: str
+
+    @property
+    def best(self):
+        """The best completed trial's row."""
+        return next(row for row in self.rows if row["status"] == "COMPLETED")
 
 
-def _prepare_tune_dir(tune_dir, settings, overwrite):
-    """Start over (overwrite) or check that a search to resume has the same settings."""
-    if overwrite and os.path.isdir(tune_dir):
-        shutil.rmtree(tune_dir)
-    path = os.path.join(tune_dir, SETTINGS_FILE)
-    if os.path.exists(path):
-        with open(path) as handle:
-            previous = json.load(handle)
-        changed = sorted(k for k in set(previous) | set(settings)
-                         if previous.get(k) != settings.get(k))
-        if changed:
-            raise UserError(
-                f"{tune_dir} holds a search with other settings ({', '.join(changed)}); "
-                "pass --overwrite to start over or choose another --train_dir")
-    files.ensure_writable_dir(tune_dir)
-    files.write_json(path, settings)
+def search_identity(config, tuner, epochs):
+    """What a search's results depend on: its runs' identity, the tuner and the epochs
+    of a trial (more trials may be asked for on resume)."""
+    return {"runs": identity.run_identity(config, teacher_identity(config)), "tuner": tuner,
+            "tune_epochs": epochs}
 
 
 def search(config, tuner="random", max_trials=10, epochs=2):
-    """Run (or resume) the search; write the table, best.flags and the HParams
-    logs to train_dir/tune/ and return the ranked rows (see `trial_rows`)."""
+    """Run (or resume) the search, holding train_dir's lock; write the table and the
+    HParams logs to train_dir/tune/ and return the `Search`. train_dir None: runs/tune-
+    <method>-<student>-<dataset>-<fingerprint of the search's identity>."""
     config = config.resolved()
-    tune_dir = os.path.join(config.train_dir, TUNE_DIR)
     hyperparameters = search_space(config)
     if not hyperparameters.space:
         raise UserError(f"--method={config.method} leaves nothing to search: it declares "
@@ -179,17 +204,36 @@ def search(config, tuner="random", max_trials=10, epochs=2):
     if not tuned_names(hyperparameters):
         raise UserError(f"--method={config.method} leaves nothing to search: --method_options "
                          f"fixes all of {', '.join(hyperparameters.values)}")
-    _prepare_tune_dir(tune_dir, _settings(config, tuner, epochs), config.overwrite)
+    if not config.train_dir:
+        config = dataclasses.replace(config, train_dir=identity.default_train_dir(
+            "tune", (config.method, config.student, config.dataset),
+            search_identity(dataclasses.replace(config, train_dir=""), tuner, epochs)))
+    with files.run_lock(config.train_dir):
+        return _search(config, hyperparameters, tuner, max_trials, epochs)
+
+
+def _prepare_tune_dir(tune_dir, wanted, overwrite):
+    """Start over (overwrite) or check that a search to resume has the same identity."""
+    if overwrite and os.path.isdir(tune_dir):
+        shutil.rmtree(tune_dir)
+    files.ensure_writable_dir(tune_dir)
+    if identity.check_identity(tune_dir, wanted, what="search") is None:
+        identity.record_identity(tune_dir, wanted)
+
+
+def _search(config, hyperparameters, tuner, max_trials, epochs):
+    tune_dir = os.path.join(config.train_dir, TUNE_DIR)
+    _prepare_tune_dir(tune_dir, search_identity(config, tuner, epochs), config.overwrite)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(config.strategy)
     needs_teacher = METHODS.get(config.method).needs_teacher
     weights_path = teacher_weights_path(config) if needs_teacher else None
-    _, val_ds, info = run_datasets(config)
+    data = run_data(config)
     with strategy.scope():
-        teacher = (load_teacher(config, info.num_classes, weights_path, val_ds, info.image_shape)[0]
-                   if needs_teacher else None)
-    hypermodel = DistillerHyperModel(config, teacher, info)
+        teacher = (load_teacher(config, data.info.num_classes, weights_path, data.validation,
+                                data.info.image_shape)[0] if needs_teacher else None)
+    hypermodel = DistillerHyperModel(config, teacher, data)
     keras_tuner = make_tuner(tuner, hypermodel, hyperparameters, max_trials, epochs, config.seed,
                              tune_dir, None if config.strategy == "default" else strategy)
     hparams_dir = os.path.join(tune_dir, "hparams")
@@ -198,14 +242,20 @@ def search(config, tuner="random", max_trials=10, epochs=2):
                        callbacks=[keras.callbacks.TensorBoard(log_dir=hparams_dir)])
     rows = trial_rows(keras_tuner.oracle)
     write_tables(rows, tune_dir)
-    completed = [row for row in rows if row["status"] == "COMPLETED"]
-    if not completed:
+    if not any(row["status"] == "COMPLETED" for row in rows):
         raise SearchFailed(f"no trial of {tune_dir} completed; the first error: "
                            f"{rows[0].get('error')}")
-    flagfile = os.path.join(tune_dir, "best.flags")
-    write_flagfile(flagfile, config, completed[0], weights_path)
-    print(format_best(completed[0], len(completed), tune_dir, flagfile), flush=True)
-    return rows
+    return Search(rows, config, tune_dir, weights_path)
+
+
+def best_config(result):
+    """The RunConfig that trains the best trial of a Search in full (the recipe's
+    epochs), in train_dir/best, with the search's teacher."""
+    config = result.config
+    return dataclasses.replace(
+        config, method_options={**config.method_options, **method_values(result.best)},
+        teacher_weights=result.teacher_weights or config.teacher_weights,
+        train_dir=os.path.join(config.train_dir, "best"), overwrite=False)
 
 
 def trial_rows(oracle):
@@ -238,61 +288,22 @@ def _cell(value):
 
 
 def write_tables(rows, tune_dir):
-    """trials.csv (full precision) and trials.md, best trial first."""
+    """trials.csv (full precision) and trials.md, best trial first, each written atomically."""
     columns = _columns(rows)
-    with open(os.path.join(tune_dir, "trials.csv"), "w", newline="") as handle:
-        writer = csv.DictWriter(handle, columns)
-        writer.writeheader()
-        writer.writerows(rows)
+    table = io.StringIO()
+    writer = csv.DictWriter(table, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    files.write_text(os.path.join(tune_dir, "trials.csv"), table.getvalue())
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(_cell(row.get(name)) for name in columns) + " |" for row in rows]
-    with open(os.path.join(tune_dir, "trials.md"), "w") as handle:
-        handle.write("\n".join(lines) + "\n")
+    files.write_text(os.path.join(tune_dir, "trials.md"), "\n".join(lines) + "\n")
 
 
 def method_values(row):
     """The method's hyperparameter values in a trial row (not the tuner's own)."""
     return {name: value for name, value in row.items()
             if name not in RESULT_COLUMNS + ("error",) and not name.startswith("tuner/")}
-
-
-def _flag(name, value):
-    if isinstance(value, bool):
-        return f"--{name}" if value else f"--no{name}"
-    if isinstance(value, (tuple, list)):
-        value = ",".join(str(item) for item in value)
-    return f"--{name}={value}"
-
-
-def write_flagfile(path, config, row, teacher_weights):
-    """The best trial as the flags of a full training run (`--mode=train`, the
-    recipe's epochs) in train_dir/best, reusing the search's teacher."""
-    options = {**config.method_options, **method_values(row)}
-    flag_values = {"mode": "train", "method": config.method}
-    for option, flag in flag_of_option(config.method).items():
-        if option in options:
-            flag_values[flag] = options.pop(option)
-    flag_values["method_options"] = [f"{name}={value!r}" if isinstance(value, float)
-                                     else f"{name}={value}" for name, value in options.items()]
-    flag_values.update(teacher=config.teacher, student=config.student)
-    if teacher_weights:
-        flag_values["teacher_weights"] = teacher_weights
-    flag_values.update(dataset=config.dataset, data_dir=config.data_dir, recipe=config.recipe,
-                       epochs=config.epochs, batch_size=config.batch_size,
-                       learning_rate=config.learning_rate,
-                       lr_decay_points=config.lr_decay_points, lr_decay_rate=config.lr_decay_rate,
-                       weight_decay=config.weight_decay,
-                       train_dir=os.path.join(config.train_dir, "best"), seed=config.seed,
-                       strategy=config.strategy, jit=config.jit,
-                       deterministic=config.deterministic,
-                       max_consecutive_skips=config.max_consecutive_skips)
-    lines = [f"# Best trial {row['trial']} of {os.path.dirname(path)}: "
-             f"{OBJECTIVE} {row[OBJECTIVE]:.4f}.",
-             f"# Train it in full: python main.py --flagfile={path}"]
-    lines += [_flag(name, value) for name, value in flag_values.items()
-              if value is not None and value != []]
-    with open(path, "w") as handle:
-        handle.write("\n".join(lines) + "\n")
 
 
 def _hparam(item):

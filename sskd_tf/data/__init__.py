@@ -1,8 +1,8 @@
 """Datasets (cifar100, cifar10, digits, tfds:<name>, folder:<dir>) and their tf.data
 input pipelines.
 
-`get_dataset_info(name)`, `load_arrays(name, data_dir)` and `build_datasets(name, ...)` are the
-entry points; `RECIPES` names the preprocessing recipes `build_datasets` accepts.
+`get_dataset_info(name)`, `load_arrays(name, data_dir)`, `load_run_data(name, ...)` (a run's
+data, streamed from any step) and `build_datasets(name, ...)` are the entry points; `RECIPES` names the preprocessing recipes `build_datasets` accepts.
 
 Importing this package registers every dataset but does not import TensorFlow, so that
 flags/data.py can take the names from here; `build_datasets` and the recipes load TensorFlow
@@ -15,7 +15,8 @@ from sskd_tf.data.catalog import (DATASET_KINDS, DATASETS, DatasetInfo, get_data
                                   load_arrays, source_of)
 from sskd_tf.data.names import DATASET_NAMES, DEFAULT_DATASET, DEFAULT_RECIPE, RECIPES
 
-_LOADED_ON_USE = {"build_datasets": "sskd_tf.data.pipeline"}
+_LOADED_ON_USE = {"build_datasets": "sskd_tf.data.pipeline",
+                  "load_run_data": "sskd_tf.data.pipeline"}
 
 
 def __getattr__(name):
@@ -25,4 +26,4 @@ def __getattr__(name):
 
 
 __all__ = ["DATASET_KINDS", "DATASETS", "source_of", "DATASET_NAMES", "DEFAULT_DATASET", "DEFAULT_RECIPE", "RECIPES",
-           "DatasetInfo", "build_datasets", "get_dataset_info", "load_arrays"]
+           "DatasetInfo", "build_datasets", "get_dataset_info", "load_arrays", "load_run_data"]

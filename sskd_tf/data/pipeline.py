@@ -4,15 +4,24 @@ Decoding happens once, in `load_arrays`, into numpy arrays that the pipelines sl
 `cache()` on the training side would only hold a second copy of them, so there is none. The
 validation batches are normalised once and cached.
 
-The training side is one endless stream of batches, pass after pass. Batch `step` of pass `p`
-is a pure function of (seed, p, step): the pass's order is a stateless permutation keyed by
-(seed, p), and the batch's augmentation draws are keyed by (seed, p, step). A stream can so
-start at any batch without computing the ones before it, which is how a resumed run replays
-what an uninterrupted one would have trained on. Each batch is augmented whole: one vectorised
-map call per batch instead of one per image keeps the pipeline well ahead of a CPU training
-step, and matches KD_methods_with_TF, which augments the fed batch (its crop offset is shared by
-the batch; see `recipes.kd_methods_augment`). The last, partial batch of a pass is kept: every
-training image is seen once per pass, as in the authors' loop, which never skips an image.
+The training side is one endless stream of batches that can start at any global step
+without computing the batches before it, which is how a resumed run replays what an
+uninterrupted one would have trained on. Two streams, one per kind of epoch cut
+(training/schedule.py):
+
+- full batches (the authors' cuts): the examples of pass after pass, each pass a stateless
+  permutation keyed by (seed, pass), cut into batches of exactly B that run across the
+  passes' boundaries, as KD_methods_with_TF's `train_w_distill.py` appends the next
+  permutation to the images a pass leaves over, and as SSKD_SVD's input queue flows;
+  batch i is a pure function of (seed, i);
+- one pass an epoch ("pass"): each pass cut into ceil(N / B) batches, the last one partial,
+  batch `step` of pass p a pure function of (seed, p, step).
+
+Each batch is augmented whole: one vectorised map call per batch instead of one per image
+keeps the pipeline well ahead of a CPU training step, and matches KD_methods_with_TF, which
+augments the fed batch (its crop offset is shared by the batch; see
+`recipes.kd_methods_augment`). The augmentation draws of a batch are keyed by the same
+coordinates as its examples.
 """
 import dataclasses
 import hashlib
@@ -29,20 +38,44 @@ from sskd_tf.data.recipes import AUGMENTATIONS, CIFAR_MEAN, CIFAR_STD, normalize
 from sskd_tf.errors import UserError
 
 
-def build_datasets(name, data_dir=None, batch_size=128, eval_batch_size=200,
-                   recipe=DEFAULT_RECIPE, seed=0, take_train=None, take_test=None,
-                   image_size=None, download=True, validation_split=0.2, start_pass=0,
-                   skip_steps=0):
-    """Returns (train_ds, val_ds, info) for dataset `name`.
+@dataclasses.dataclass
+class RunData:
+    """A run's data: its arrays, ready to stream (`training`) and to validate on (`validation`).
 
-    Both datasets yield (float32 normalised images [B, H, W, 3], int64 labels [B]). train_ds
-    is the endless `training_stream` from pass `start_pass` on, without the first
-    `skip_steps` batches of that pass (a run that finished e epochs and s steps of the next
-    resumes at e, s); a pass is ceil(num_train / batch_size) batches. val_ds is the test split,
-    normalised, in order. `take_train` / `take_test` keep only the first N examples of a
-    split; `info` then counts the examples the datasets really hold.
-    image_size: resize to image_size x image_size (None: the dataset's own size).
-    download, validation_split: options of "<kind>:" datasets (data/external.py).
+    info: the DatasetInfo, counting the examples the splits really hold. digest: sha256 of
+    the arrays the run trains and validates on (after slicing and resizing), which
+    identifies the data wherever they were read from.
+    """
+
+    train_images: np.ndarray
+    train_labels: np.ndarray
+    batch_size: int
+    augment: object
+    seed: int
+    mean: tuple
+    std: tuple
+    validation: tf.data.Dataset
+    info: object
+    digest: str
+
+    def training(self, start_step=0, full_batches=False):
+        """The endless training stream from global step `start_step` on: full batches across
+        passes (`full_batch_stream`) or one pass an epoch (`pass_stream`)."""
+        stream = full_batch_stream if full_batches else pass_stream
+        return stream(self.train_images, self.train_labels, self.batch_size, self.augment,
+                      self.seed, self.mean, self.std, start_step)
+
+
+def load_run_data(name, data_dir=None, batch_size=128, eval_batch_size=200,
+                  recipe=DEFAULT_RECIPE, seed=0, take_train=None, take_test=None,
+                  image_size=None, download=True, validation_split=0.2):
+    """The RunData of dataset `name`.
+
+    Batches yield (float32 normalised images [B, H, W, 3], int64 labels [B]); the validation
+    set is the test split, normalised, in order. `take_train` / `take_test` keep only the
+    first N examples of a split. image_size: resize to image_size x image_size (None: the
+    dataset's own size). download, validation_split: options of "<kind>:" datasets
+    (data/external.py).
     """
     augment = AUGMENTATIONS.get(recipe)
     source = source_of(name, data_dir=data_dir, image_size=image_size, download=download,
@@ -56,10 +89,30 @@ def build_datasets(name, data_dir=None, batch_size=128, eval_batch_size=200,
         raise UserError(f"take_train={take_train}, take_test={take_test} leave a split empty")
     info = dataclasses.replace(source.info, image_shape=tuple(train_images.shape[1:]),
                                num_train=len(train_labels), num_test=len(test_labels))
-    train_ds = training_stream(train_images, train_labels, batch_size, augment, seed, mean, std,
-                               start_pass, skip_steps)
-    val_ds = evaluation_pipeline(test_images, test_labels, eval_batch_size, mean, std)
-    return train_ds, val_ds, info
+    return RunData(train_images, train_labels, batch_size, augment, seed, mean, std,
+                   evaluation_pipeline(test_images, test_labels, eval_batch_size, mean, std),
+                   info, array_digest(train_images, train_labels, test_images, test_labels))
+
+
+def build_datasets(name, data_dir=None, batch_size=128, eval_batch_size=200,
+                   recipe=DEFAULT_RECIPE, seed=0, take_train=None, take_test=None,
+                   image_size=None, download=True, validation_split=0.2, start_step=0,
+                   full_batches=False):
+    """(train_ds, val_ds, info) of dataset `name` (see `load_run_data`): train_ds is the
+    endless training stream from global step `start_step` on (see `RunData.training`)."""
+    data = load_run_data(name, data_dir, batch_size, eval_batch_size, recipe, seed, take_train,
+                         take_test, image_size, download, validation_split)
+    return data.training(start_step, full_batches), data.validation, data.info
+
+
+def array_digest(*arrays):
+    """sha256 over the dtypes, shapes and bytes of numpy arrays."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(f"{array.dtype.str}{array.shape}".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
 
 
 def resize(images, image_size, chunk=1024):
@@ -113,38 +166,87 @@ def normalization(source, name, data_dir, train_images):
     return tuple(mean.tolist()), tuple(std.tolist())
 
 
-def training_stream(images, labels, batch_size, augment, seed, mean=CIFAR_MEAN, std=CIFAR_STD,
-                    start_pass=0, skip_steps=0):
-    """Endless batches of uint8 `images` normalised by (mean, std), pass after pass, from pass
-    `start_pass` without its first `skip_steps` batches.
+def _stream_keys(seed):
+    """(shuffle key, augmentation key) split from `seed`."""
+    return tuple(int(key) for key in np.random.SeedSequence(seed).generate_state(2))
 
-    Pass p is a permutation of the examples drawn by `stateless_shuffle` keyed by
-    (shuffle key, p), cut into batches; batch `step` of it is normalised, then
-    `augment(batch, batch_seed)` with batch_seed = fold_in((augment key, p), step). The two
-    keys are split from `seed`. The skipped batches are dropped as index ranges, before any
-    image is gathered or augmented.
-    """
-    count = len(labels)
-    shuffle_key, augment_key = (int(key) for key in np.random.SeedSequence(seed).generate_state(2))
+
+def _pass_order(shuffle_key, count, pass_index):
+    """The permutation of the examples that pass `pass_index` visits."""
+    pass_key = tf.stack([tf.constant(shuffle_key, tf.int64), pass_index])
+    return tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), pass_key)
+
+
+def _batch_maker(images, labels, augment, mean, std):
     images, labels = tf.constant(images), tf.constant(labels)
 
-    def batch_indices(pass_index):
-        pass_key = tf.stack([tf.constant(shuffle_key, tf.int64), pass_index])
-        order = tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), pass_key)
-        first_step = tf.where(pass_index == start_pass, tf.constant(skip_steps, tf.int64), 0)
-        return (tf.data.Dataset.from_tensor_slices(order).batch(batch_size).enumerate()
-                .skip(first_step)
-                .map(lambda step, indices: (pass_index, step, indices)))
-
-    def make_batch(pass_index, step, indices):
-        pass_seed = tf.stack([tf.constant(augment_key, tf.int64), pass_index])
-        batch_seed = tf.random.experimental.stateless_fold_in(pass_seed, step)
+    def make_batch(indices, batch_seed):
         batch_images = normalize(tf.gather(images, indices), mean, std)
         return augment(batch_images, batch_seed), tf.gather(labels, indices)
 
+    return make_batch
+
+
+def full_batch_stream(images, labels, batch_size, augment, seed, mean=CIFAR_MEAN, std=CIFAR_STD,
+                      start_step=0):
+    """Endless full batches of uint8 `images` normalised by (mean, std), from global step
+    `start_step` on.
+
+    The examples flow pass after pass, pass p in the order of `stateless_shuffle` keyed by
+    (shuffle key, p), and every B consecutive ones make a batch, across the passes'
+    boundaries: batch i holds the examples at positions [i B, (i + 1) B) of that flow, and
+    is augmented with the seed (augmentation key, i). The keys are split from `seed`. The
+    batches before `start_step` are skipped as positions, before any image is gathered.
+    """
+    count = len(labels)
+    shuffle_key, augment_key = _stream_keys(seed)
+    make_batch = _batch_maker(images, labels, augment, mean, std)
+    first_position = start_step * batch_size
+
+    def batch(step, indices):
+        return make_batch(indices, tf.stack([tf.constant(augment_key, tf.int64), step]))
+
+    return (tf.data.Dataset.range(first_position // count, np.iinfo(np.int64).max)
+            .flat_map(lambda pass_index: tf.data.Dataset.from_tensor_slices(
+                _pass_order(shuffle_key, count, pass_index)))
+            .skip(first_position % count)
+            .batch(batch_size, drop_remainder=True)
+            .enumerate(start=start_step)
+            .map(batch, num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE))
+
+
+def pass_stream(images, labels, batch_size, augment, seed, mean=CIFAR_MEAN, std=CIFAR_STD,
+                start_step=0):
+    """Endless batches of uint8 `images` normalised by (mean, std), one pass after another,
+    from global step `start_step` on (pass start_step // S, batch start_step % S of it, with
+    S = ceil(N / B) batches a pass).
+
+    Pass p is a permutation of the examples drawn by `stateless_shuffle` keyed by
+    (shuffle key, p), cut into batches (the last one partial); batch `step` of it is
+    normalised, then `augment(batch, batch_seed)` with batch_seed = fold_in((augment key, p),
+    step). The two keys are split from `seed`. The skipped batches are dropped as index
+    ranges, before any image is gathered or augmented.
+    """
+    count = len(labels)
+    shuffle_key, augment_key = _stream_keys(seed)
+    make_batch = _batch_maker(images, labels, augment, mean, std)
+    start_pass, skip_steps = divmod(start_step, -(-count // batch_size))
+
+    def batch_indices(pass_index):
+        first_step = tf.where(pass_index == start_pass, tf.constant(skip_steps, tf.int64), 0)
+        return (tf.data.Dataset.from_tensor_slices(_pass_order(shuffle_key, count, pass_index))
+                .batch(batch_size).enumerate()
+                .skip(first_step)
+                .map(lambda step, indices: (pass_index, step, indices)))
+
+    def batch(pass_index, step, indices):
+        pass_seed = tf.stack([tf.constant(augment_key, tf.int64), pass_index])
+        return make_batch(indices, tf.random.experimental.stateless_fold_in(pass_seed, step))
+
     return (tf.data.Dataset.range(start_pass, np.iinfo(np.int64).max)
             .flat_map(batch_indices)
-            .map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+            .map(batch, num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE))
 
 

@@ -28,6 +28,8 @@ class DistillationMethod(keras.layers.Layer):
     - `ce_weight`: weight of the student's cross-entropy in the total loss.
     - `reduction`: "mean" when the terms average over the batch, "sum" when they
       add over it (KD-SVD); tells the distributed step how to split them.
+    - `recipe`: the training recipe the method's code comes with (training/recipes.py),
+      which a run takes unless one is given; None: the default recipe.
 
     `call(student_out, teacher_out, labels, training)` receives the model output
     dicts `{"logits": ..., "features": [...]}` (`teacher_out` is None when
@@ -39,6 +41,7 @@ class DistillationMethod(keras.layers.Layer):
     gradient_rule = "sum"
     ce_weight = 1.0
     reduction = "mean"
+    recipe = None
 
     def __init__(self, clip_scale=1.0, init_epochs=0, **kwargs):
         super().__init__(**kwargs)

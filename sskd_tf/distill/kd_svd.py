@@ -496,6 +496,8 @@ class KDEID(KDSVD):
 
 @METHODS.register("svd_eccv")
 class KDSVDECCV(KDSVD):
-    """KD-SVD of the 2018 release (SSKD_SVD), docs/method.md section 4."""
+    """KD-SVD of the 2018 release (SSKD_SVD), docs/method.md section 4; trained by that
+    release's recipe (`--recipe=eccv2018`) unless another is given."""
 
     variant = "eccv"
+    recipe = "eccv2018"

@@ -7,10 +7,9 @@ Writes train_dir/export/ in one piece (built in a temporary directory, then rena
                                                 latency per image at batch 1
 The data are the run's own: the representative set of the int8 model is drawn from its
 training split (normalised, not augmented), the evaluation uses its validation split,
-both as the run's settings (train_dir/logs) sliced them.
+both as the run's settings (train_dir/run.json) sliced them.
 """
 import dataclasses
-import json
 import os
 import shutil
 import tempfile
@@ -27,8 +26,7 @@ from sskd_tf.data.recipes import normalize
 from sskd_tf.errors import UserError
 from sskd_tf.export import interpreter, report
 from sskd_tf.export.formats import FORMATS, convert
-from sskd_tf.training.callbacks import read_settings
-from sskd_tf.training.files import write_json
+from sskd_tf.training import files, identity
 from sskd_tf.training.config import RESULTS_FILE
 
 EXPORT_DIR = "export"
@@ -53,24 +51,21 @@ class ExportOptions:
 
 
 def finished_run(train_dir):
-    """(results, settings) of the finished run in train_dir; a UserError when there is none
-    or its files cannot be read."""
+    """(results, settings) of the finished run in train_dir (settings: its run.json's
+    identity and resumable settings); a UserError when there is none or its files cannot
+    be read."""
     if not os.path.isdir(train_dir):
         raise UserError(f"--train_dir {train_dir!r}: no such directory")
     results_path = os.path.join(train_dir, RESULTS_FILE)
     if not os.path.exists(results_path):
         raise UserError(f"{train_dir} holds no finished run (no {RESULTS_FILE}); "
                         "train one there first, or point --train_dir at a finished run")
-    try:
-        with open(results_path) as handle:
-            results = json.load(handle)
-        settings = read_settings(train_dir)
-    except (OSError, ValueError, tf.errors.OpError) as error:
-        raise UserError(f"{train_dir} holds a damaged run: {_first_line(error)}") from None
-    if not isinstance(results, dict) or not settings or "dataset" not in settings:
-        raise UserError(f"{train_dir} holds a damaged run: no run settings in its logs/ "
+    results = files.read_json(results_path, "the results of a finished run")
+    record = identity.read_record(train_dir)
+    if not isinstance(results, dict) or record is None:
+        raise UserError(f"{train_dir} holds a damaged run: no {identity.RUN_FILE} "
                         f"or no results in {RESULTS_FILE}")
-    return results, settings
+    return results, {**record.get("resumable", {}), **record["identity"]}
 
 
 def _first_line(error):
@@ -129,9 +124,15 @@ def measure(name, file, size_bytes, logits, reference, labels, latency):
 
 def export_run(train_dir, options=None):
     """Convert the student of the finished run in train_dir to every LiteRT format,
-    evaluate each and write train_dir/export/; returns the report (a dict)."""
+    evaluate each and write train_dir/export/, holding the directory's lock; returns the
+    report (a dict)."""
     options = options or ExportOptions()
     results, settings = finished_run(train_dir)
+    with files.run_lock(train_dir):
+        return _export(train_dir, options, results, settings)
+
+
+def _export(train_dir, options, results, settings):
     saved_model = os.path.join(train_dir, SAVED_MODEL_DIR)
     if not os.path.isdir(saved_model):
         raise UserError(f"{train_dir} holds a damaged run: no {SAVED_MODEL_DIR}/")
@@ -160,7 +161,7 @@ def export_run(train_dir, options=None):
                                num_validation=len(labels), num_representative=len(representative))
         if payload["int8_accuracy_drop_exceeded"]:
             logging.warning(report.int8_warning(payload))
-        write_json(os.path.join(temporary, "report.json"), payload)
+        files.write_json(os.path.join(temporary, "report.json"), payload)
         with open(os.path.join(temporary, "report.md"), "w") as handle:
             handle.write(report.markdown(payload))
         _replace_directory(temporary, os.path.join(train_dir, EXPORT_DIR))

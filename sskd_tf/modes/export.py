@@ -1,9 +1,12 @@
-"""`--mode=export`: convert the student of the finished run in --train_dir to LiteRT
-float32, float16 and int8, evaluate each and write train_dir/export/ (sskd_tf.export)."""
+"""`--mode=export`: convert the student of the finished run in --train_dir (default: the
+directory `--mode=train` derives from the same flags) to LiteRT float32, float16 and int8,
+evaluate each and write train_dir/export/ (sskd_tf.export)."""
 import os
 
 from sskd_tf.export import ExportOptions, export_run
 from sskd_tf.export.exporter import EXPORT_DIR
+from sskd_tf.modes.run_config import config_from_flags
+from sskd_tf.training.run import with_train_dir
 
 
 def export_options(flag_values):
@@ -23,4 +26,6 @@ def export(train_dir, flag_values):
 
 
 def run(flag_values):
-    export(flag_values.train_dir, flag_values)
+    train_dir = flag_values.train_dir or with_train_dir(
+        config_from_flags(flag_values).resolved()).train_dir
+    export(train_dir, flag_values)

@@ -2,11 +2,11 @@
 when no --teacher_weights are given)."""
 from sskd_tf.modes.export import export
 from sskd_tf.modes.run_config import config_from_flags
-from sskd_tf.training.run import train
+from sskd_tf.training.run import train, with_train_dir
 
 
 def run(flag_values):
-    config = config_from_flags(flag_values)
+    config = with_train_dir(config_from_flags(flag_values).resolved())
     train(config)
     if flag_values.export:
         export(config.train_dir, flag_values)

@@ -1,8 +1,11 @@
-"""Keras callbacks of a run: checkpoints that a killed or interrupted run resumes
-from, the guard against non-finite steps, the per-epoch history and TensorBoard."""
-import ast
+"""Keras callbacks of a run: checkpoints that a killed or interrupted run resumes from
+(with the run's history in them), the guard against non-finite steps, TensorBoard, and the
+callback list that carries them through a run trained one fit call per epoch."""
+import contextlib
 import csv
 import glob
+import io
+import json
 import os
 import signal
 import threading
@@ -12,12 +15,13 @@ import keras
 import tensorflow as tf
 from absl import logging
 
-from sskd_tf.errors import TrainingDiverged, UserError
+from sskd_tf.errors import Interrupted, TrainingDiverged, UserError
 from sskd_tf.training import files
 
 HISTORY_FILE = "history.csv"
 SETTINGS_TAG = "run_settings"
 CHECKPOINT_DIR = "checkpoints"
+INTERRUPTING_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _unreadable(path, error):
@@ -26,17 +30,32 @@ def _unreadable(path, error):
         "delete its checkpoints/ or pass --overwrite")
 
 
+def check_checkpoint_dir(directory):
+    """Refuse (UserError) a checkpoint directory whose state file cannot be parsed, or
+    that holds checkpoints without one: TensorFlow would start afresh and overwrite them."""
+    state = os.path.join(directory, "checkpoint")
+    if os.path.exists(state):
+        if tf.train.get_checkpoint_state(directory) is None:
+            raise UserError(f"{state} cannot be parsed as a checkpoint state; restore it, "
+                            "delete the directory to start over, or pass --overwrite")
+    elif glob.glob(os.path.join(directory, "ckpt-*.index")):
+        raise UserError(f"{directory} holds checkpoints but no state file ('checkpoint'); "
+                        "restore it, delete the directory to start over, or pass --overwrite")
+
+
 def saved_progress(train_dir):
-    """(finished epochs, steps done in the next) of the latest checkpoint in train_dir,
-    read without building the run; (0, 0) when there is none."""
+    """(finished epochs, global step) of the latest checkpoint in train_dir, read without
+    building the run; (0, 0) when there is none."""
     latest = tf.train.latest_checkpoint(os.path.join(train_dir, CHECKPOINT_DIR))
     if not latest:
         return 0, 0
     try:
         reader = tf.train.load_checkpoint(latest)
-        return tuple(int(reader.get_tensor(f"{name}/.ATTRIBUTES/VARIABLE_VALUE"))
-                     for name in ("epoch", "epoch_steps"))
-    except (tf.errors.OpError, ValueError) as error:
+        step = next(name for name in reader.get_variable_to_shape_map()
+                    if name.startswith("optimizer/") and "iteration" in name)
+        return (int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE")),
+                int(reader.get_tensor(step)))
+    except (tf.errors.OpError, ValueError, StopIteration) as error:
         raise _unreadable(latest, error) from None
 
 
@@ -47,59 +66,112 @@ def random_states(model):
     return [variable for variable in model.variables if id(variable) not in weights]
 
 
-class RunCheckpoint(keras.callbacks.Callback):
-    """Saves student, method layers, optimizer (with its step count), the student's and
-    method's random-generator states, the finished epochs and the steps done in an
-    unfinished one, with tf.train.CheckpointManager: at every epoch end, and after the
-    current step when SIGINT arrives (then it raises KeyboardInterrupt). A second SIGINT
-    interrupts at once. Together with the data stream, keyed by (seed, pass, step), a run
-    resumed from any of these checkpoints replays the uninterrupted one."""
+def _history_rows(text):
+    return json.loads(text.decode() if isinstance(text, bytes) else text)
 
-    def __init__(self, train_dir, distiller, max_to_keep=2):
+
+def write_history_csv(train_dir, rows):
+    """history.csv: one row per finished epoch, a view of the checkpointed history
+    (rewritten whole and atomically, never appended); removed when there is none."""
+    path = os.path.join(train_dir, HISTORY_FILE)
+    if not rows:
+        if os.path.exists(path):
+            os.remove(path)
+        return
+    columns = ["epoch"] + sorted({name for row in rows for name in row} - {"epoch"})
+    text = io.StringIO()
+    writer = csv.DictWriter(text, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    files.write_text(path, text.getvalue())
+
+
+class RunCheckpoint(keras.callbacks.Callback):
+    """Saves, with tf.train.CheckpointManager, what a run resumes from: the student, the
+    method's layers, the optimizer (with its step count), the student's and method's
+    random-generator states, the finished epochs, the run's history (every finished epoch's
+    logs: results.json and history.csv are built from it) and the metric states of an
+    unfinished epoch. All in one atomic save, at every epoch end, and after the current step
+    when SIGINT or SIGTERM arrives (then it raises `Interrupted`; a second signal interrupts
+    at once; see `signals_handled`). Together with the data stream, keyed by the global
+    step, a run resumed from any of these checkpoints replays the uninterrupted one, its
+    history and epoch averages included.
+
+    cut, epochs: the run's EpochCut and its number of epochs (for the steps of each epoch).
+    """
+
+    def __init__(self, train_dir, distiller, cut, epochs, max_to_keep=2):
         super().__init__()
+        self.train_dir = train_dir
+        self.cut, self.epochs = cut, epochs
         self.epoch = tf.Variable(0, dtype=tf.int64, trainable=False)
-        self.epoch_steps = tf.Variable(0, dtype=tf.int64, trainable=False)
+        self.history = tf.Variable("[]", dtype=tf.string, trainable=False)
         self.wall_time = tf.Variable(0.0, dtype=tf.float64, trainable=False)
+        self.metric_states = [variable for metric in distiller.metrics
+                              for variable in metric.variables]
         self.checkpoint = tf.train.Checkpoint(
             student=distiller.student, method=distiller.method, optimizer=distiller.optimizer,
             random_states=random_states(distiller.student) + random_states(distiller.method),
-            epoch=self.epoch, epoch_steps=self.epoch_steps, wall_time=self.wall_time)
-        self.manager = tf.train.CheckpointManager(
-            self.checkpoint, os.path.join(train_dir, CHECKPOINT_DIR), max_to_keep=max_to_keep)
-        self.step_offset = 0
-        self._steps = 0
-        self._interrupted = False
-        self._previous_handler = None
+            epoch=self.epoch, history=self.history, wall_time=self.wall_time,
+            metric_states=self.metric_states)
+        directory = os.path.join(train_dir, CHECKPOINT_DIR)
+        check_checkpoint_dir(directory)
+        self.manager = tf.train.CheckpointManager(self.checkpoint, directory,
+                                                  max_to_keep=max_to_keep)
+        self._signal = None
         self._started = None
+        self._epoch_metrics_from = None
+
+    @property
+    def rows(self):
+        """The history: one dict of logs per finished epoch."""
+        return _history_rows(self.history.numpy())
 
     def restore(self):
-        """Restore the latest checkpoint, if any: (finished epochs, steps done in the
-        next one, training seconds spent before)."""
-        if not self.manager.latest_checkpoint:
-            return 0, 0, 0.0
+        """Restore the latest checkpoint, if any, and rewrite history.csv from it (a fresh
+        run removes a stale one): (finished epochs, training seconds spent before)."""
+        latest = self.manager.latest_checkpoint
+        if latest:
+            try:
+                self.checkpoint.restore(latest).assert_existing_objects_matched()
+            except (tf.errors.OpError, AssertionError, ValueError, IndexError) as error:
+                raise _unreadable(latest, error) from None
+            step = int(self.model_step())
+            if step > self.cut.first_step(int(self.epoch.numpy())):
+                self._epoch_metrics_from = latest
+        write_history_csv(self.train_dir, self.rows)
+        return int(self.epoch.numpy()), float(self.wall_time.numpy())
+
+    def model_step(self):
+        """The global step: the optimizer's step count."""
+        return self.checkpoint.optimizer.iterations.numpy()
+
+    @contextlib.contextmanager
+    def signals_handled(self):
+        """While the block runs (in the main thread), SIGINT and SIGTERM stop training
+        after the current step, once its checkpoint is saved; a second one stops at once."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in INTERRUPTING_SIGNALS}
         try:
-            self.checkpoint.restore(self.manager.latest_checkpoint).assert_existing_objects_matched()
-        except (tf.errors.OpError, AssertionError, ValueError, IndexError) as error:
-            raise _unreadable(self.manager.latest_checkpoint, error) from None
-        return int(self.epoch.numpy()), int(self.epoch_steps.numpy()), float(self.wall_time.numpy())
+            yield
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
-    def _on_sigint(self, signum, frame):
-        if self._interrupted:
-            raise KeyboardInterrupt
-        self._interrupted = True
-
-    def on_train_begin(self, logs=None):
-        if threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
-
-    def on_train_end(self, logs=None):
-        if self._previous_handler is not None:
-            signal.signal(signal.SIGINT, self._previous_handler)
-            self._previous_handler = None
+    def _on_signal(self, signum, frame):
+        if self._signal is not None:
+            raise Interrupted(signum=signum)
+        self._signal = signum
 
     def on_epoch_begin(self, epoch, logs=None):
         self._started = time.monotonic()
-        self._steps = self.step_offset
+        if self._epoch_metrics_from:
+            # Keras has just reset the metrics: the interrupted epoch's averages go on.
+            tf.train.Checkpoint(metric_states=self.metric_states).restore(
+                self._epoch_metrics_from).expect_partial()
+            self._epoch_metrics_from = None
 
     def _save(self):
         now = time.monotonic()
@@ -109,18 +181,21 @@ class RunCheckpoint(keras.callbacks.Callback):
             self.manager.save()
 
     def on_train_batch_end(self, batch, logs=None):
-        self._steps += 1
-        if self._interrupted:
-            self.epoch_steps.assign(self._steps)
+        if self._signal is not None:
             self._save()
-            self.on_train_end()
-            raise KeyboardInterrupt(f"checkpoint saved at step {self._steps} of epoch {int(self.epoch.numpy()) + 1}")
+            step = int(self.model_step())
+            epoch = int(self.epoch.numpy())
+            raise Interrupted(f"checkpoint saved at step {step - self.cut.first_step(epoch)} "
+                              f"of epoch {epoch + 1}", signum=self._signal)
 
     def on_epoch_end(self, epoch, logs=None):
+        row = {"epoch": epoch, "steps": self.cut.steps_in(epoch, self.epochs)}
+        row.update({name: float(value) for name, value in (logs or {}).items()})
+        rows = self.rows + [row]
+        self.history.assign(json.dumps(rows))
         self.epoch.assign(epoch + 1)
-        self.epoch_steps.assign(0)
-        self.step_offset = 0
         self._save()
+        write_history_csv(self.train_dir, rows)
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
@@ -175,46 +250,44 @@ class FlagsSummary(keras.callbacks.Callback):
         writer.close()
 
 
-def read_settings(train_dir):
-    """The settings FlagsSummary wrote in train_dir/logs (the latest, after a resume), as
-    {name: value}: Python literals parsed, anything else (paths, names) kept as a string;
-    None when the logs hold none."""
-    settings = None
-    for path in sorted(glob.glob(os.path.join(train_dir, "logs", "events.out.tfevents.*"))):
-        for record in tf.data.TFRecordDataset(path):
-            for value in tf.compat.v1.Event.FromString(record.numpy()).summary.value:
-                if value.tag == SETTINGS_TAG:
-                    settings = _parse_settings(tf.make_ndarray(value.tensor).item().decode())
-    return settings
-
-
-def _parse_settings(table):
-    settings = {}
-    for row in table.splitlines()[2:]:
-        name, value = (cell.strip() for cell in row.strip().strip("|").split("|", 1))
-        try:
-            settings[name] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            settings[name] = value
-    return settings
-
-
 def standard_callbacks(config, checkpoint):
-    """The callbacks of every run, checkpoint first so that a crash in a later one
-    loses nothing, and the timer before the loggers that record its column."""
+    """The callbacks of every run, in order: the guard (which stops a diverged run before its
+    epoch is checkpointed), the timer (whose column the history records), the checkpoint,
+    then the loggers."""
     log_dir = os.path.join(config.train_dir, "logs")
     return [
-        checkpoint,
         NonFiniteGuard(config.max_consecutive_skips),
         EpochTimer(),
-        keras.callbacks.CSVLogger(os.path.join(config.train_dir, HISTORY_FILE), append=True),
+        checkpoint,
         keras.callbacks.TensorBoard(log_dir=log_dir),
         FlagsSummary(log_dir, {k: v for k, v in vars(config).items() if k != "verbose"}),
     ]
 
 
+class EpochByEpoch(keras.callbacks.CallbackList):
+    """The callback list of a run that calls `fit` once per epoch (training/loop.py): its
+    callbacks see one training, begun by `begin()` and ended by `end()`, not one per fit
+    call; its History holds every epoch; `set_steps` tells the progress bar the length of
+    the next epoch."""
+
+    def on_train_begin(self, logs=None):
+        """Called by each fit; the run's training begins once, at `begin`."""
+
+    def on_train_end(self, logs=None):
+        """Called by each fit; the run's training ends once, at `end`."""
+
+    def begin(self):
+        super().on_train_begin()
+
+    def end(self, logs=None):
+        super().on_train_end(logs)
+
+    def set_steps(self, steps):
+        self.set_params({**self.params, "steps": steps})
+
+
 def read_history(train_dir):
-    """The rows of history.csv (one per finished epoch, across resumes)."""
+    """The rows of history.csv (one per finished epoch)."""
     path = os.path.join(train_dir, HISTORY_FILE)
     if not os.path.exists(path):
         return []

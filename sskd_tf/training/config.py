@@ -1,10 +1,11 @@
 """The configuration of one training run (RunConfig) and how its unset fields are
-resolved: the dataset's run defaults first, then the recipe's values."""
+resolved: the recipe (the method's own, e.g. eccv2018 for svd_eccv, else kd_methods), then
+the dataset's run defaults, then the recipe's values."""
 import dataclasses
 
 from sskd_tf import data as datasets
 from sskd_tf import models
-from sskd_tf.training.recipes import RECIPES
+from sskd_tf.training.recipes import DEFAULT_RECIPE, RECIPES
 
 RESULTS_FILE = "results.json"
 
@@ -13,7 +14,8 @@ RESULTS_FILE = "results.json"
 class RunConfig:
     """Everything a run needs; None fields take the dataset's run_defaults, then
     the recipe's values. download: a missing dataset may be fetched (main.py's default;
-    False here)."""
+    False here). recipe None: the method's own recipe (`DistillationMethod.recipe`), else
+    kd_methods. train_dir None: derived from the run's identity (training/identity.py)."""
 
     teacher: str = "resnet32"
     student: str = None
@@ -26,7 +28,8 @@ class RunConfig:
     image_size: int = None
     validation_split: float = 0.2
     download: bool = False
-    recipe: str = "kd_methods"
+    recipe: str = None
+    epoch_cut: str = None
     epochs: int = None
     batch_size: int = None
     learning_rate: float = None
@@ -35,7 +38,7 @@ class RunConfig:
     weight_decay: float = None
     optimizer: str = None
     keras_batch_norm: bool = False
-    train_dir: str = "runs/default"
+    train_dir: str = None
     teacher_weights: str = None
     seed: int = 0
     strategy: str = "default"
@@ -49,13 +52,16 @@ class RunConfig:
     verbose: int = 1
 
     def resolved(self):
-        """A copy with the recipe's values filled in and the student chosen."""
-        recipe = dataclasses.asdict(RECIPES.get(self.recipe))
+        """A copy with the recipe chosen and its values filled in, and the student chosen."""
+        from sskd_tf.distill import METHODS
+
+        recipe_name = self.recipe or METHODS.get(self.method).recipe or DEFAULT_RECIPE
+        recipe = dataclasses.asdict(RECIPES.get(recipe_name))
         defaults = {**recipe, **datasets.get_dataset_info(self.dataset).run_defaults}
         filled = {name: value for name, value in defaults.items()
                   if hasattr(self, name) and getattr(self, name) is None}
         student = self.student or models.student_for(self.teacher)
-        return dataclasses.replace(self, student=student, **filled)
+        return dataclasses.replace(self, student=student, recipe=recipe_name, **filled)
 
 
 def log(config, message):

@@ -10,7 +10,7 @@ from keras.src.utils.tracking import no_automatic_dependency_tracking
 
 from sskd_tf.errors import UserError
 from sskd_tf.training.precision import needs_loss_scale
-from sskd_tf.training.schedule import clip_sigmoid, epoch_of_step
+from sskd_tf.training.schedule import EpochCut, clip_sigmoid
 
 
 CLIP_RULES = ("kd_methods", "eccv2018")
@@ -117,23 +117,26 @@ class Distiller(keras.Model):
 
     student, teacher: models whose output is {"logits": ..., "features": [...]}.
     teacher may be None when the method needs none. method: a DistillationMethod.
-    steps_in_epoch: steps of one pass over the training set, which give the epoch
-    of the clipping rule (see `schedule`); None: derived from the data by `fit`.
+    epoch_cut: the `schedule.EpochCut` whose epochs drive the clipping rule and the
+    initialisation stage; steps_in_epoch: epochs of that many steps instead
+    (`EpochCut.of_steps`); neither: derived from the data by `fit`.
     clip_rule: see `clip_threshold_scale`. `compile(loss=..., metrics=...)` replaces the
     task loss (default: sparse cross-entropy on logits, reported as `ce_loss`) and the
     task metrics (default: accuracy).
     """
 
-    def __init__(self, student, method, teacher=None, *, steps_in_epoch=None, clip_rule="kd_methods",
-                 **kwargs):
+    def __init__(self, student, method, teacher=None, *, steps_in_epoch=None, epoch_cut=None,
+                 clip_rule="kd_methods", **kwargs):
         super().__init__(**kwargs)
         if method.needs_teacher and teacher is None:
             raise ValueError(f"distillation method {method.name!r} needs a teacher")
         self.student = student
         self.teacher = teacher
         self.method = method
-        self.steps_in_epoch = steps_in_epoch
-        self._derived_steps = False
+        if epoch_cut is None and steps_in_epoch is not None:
+            epoch_cut = EpochCut.of_steps(steps_in_epoch)
+        self.epoch_cut = epoch_cut
+        self._derived_cut = False
         self.clip_rule = clip_rule
         if teacher is not None:
             teacher.trainable = False
@@ -175,12 +178,13 @@ class Distiller(keras.Model):
         super().compile(optimizer=optimizer, **kwargs)
 
     def fit(self, x=None, y=None, batch_size=None, steps_per_epoch=None, **kwargs):
-        """Keras' fit; a distiller made without `steps_in_epoch` takes it from the
-        data (a finite tf.data.Dataset, a PyDataset, or arrays and `batch_size`)."""
-        if self.steps_in_epoch is None or self._derived_steps:
-            steps = steps_per_epoch or _steps_of(x, batch_size)
-            if steps != self.steps_in_epoch:
-                self.steps_in_epoch, self._derived_steps = steps, True
+        """Keras' fit; a distiller made without an epoch cut takes epochs of the steps of
+        one pass over the data (a finite tf.data.Dataset, a PyDataset, or arrays and
+        `batch_size`), or of `steps_per_epoch`."""
+        if self.epoch_cut is None or self._derived_cut:
+            cut = EpochCut.of_steps(steps_per_epoch or _steps_of(x, batch_size))
+            if cut != self.epoch_cut:
+                self.epoch_cut, self._derived_cut = cut, True
                 self.train_function = None
         return super().fit(x, y, batch_size=batch_size, steps_per_epoch=steps_per_epoch, **kwargs)
 
@@ -332,7 +336,7 @@ class Distiller(keras.Model):
         optimizer untouched, counted in `skipped_steps`) when a loss or a gradient
         is not finite."""
         images, labels = data
-        epoch = epoch_of_step(self.optimizer.iterations, self.steps_in_epoch)
+        epoch = self.epoch_cut.epoch_of(self.optimizer.iterations)
         variables = self.trainable_variables
         state = self._state_variables()
         snapshot = [tf.identity(v.value) for v in state]

@@ -4,6 +4,7 @@ write that fails because the disk is full or the directory is not writable is
 the user's to fix (`UserError`); what it left behind is removed first."""
 import contextlib
 import errno
+import fcntl
 import glob
 import json
 import os
@@ -68,17 +69,68 @@ def _remove(path):
         os.remove(path)
 
 
-def write_json(path, payload):
-    """Atomically write `payload` as JSON to `path`."""
+def write_atomically(path, write, binary=False):
+    """Call `write(handle)` on a temporary file beside `path` (opened for text, or bytes),
+    then rename it to `path`: readers see the old file or the whole new one, never a part."""
     directory = os.path.dirname(path) or "."
-    with tempfile.NamedTemporaryFile("w", dir=directory, suffix=".tmp", delete=False) as handle:
+    text = {} if binary else {"newline": ""}
+    with tempfile.NamedTemporaryFile("wb" if binary else "w", dir=directory, suffix=".tmp",
+                                     delete=False, **text) as handle:
         try:
-            json.dump(payload, handle, indent=2)
+            write(handle)
         except BaseException:
             handle.close()
             os.remove(handle.name)
             raise
     os.replace(handle.name, path)
+
+
+def write_json(path, payload):
+    """Atomically write `payload` as JSON to `path`."""
+    write_atomically(path, lambda handle: json.dump(payload, handle, indent=2))
+
+
+def write_text(path, text):
+    """Atomically write the string `text` to `path`."""
+    write_atomically(path, lambda handle: handle.write(text))
+
+
+def read_json(path, what):
+    """The JSON content of `path`; a one-line UserError naming `what` it should hold
+    when it cannot be read or parsed."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle)
+    except (OSError, ValueError) as error:
+        reason = error.strerror if isinstance(error, OSError) else f"not valid JSON: {error}"
+        raise UserError(f"cannot read {what} from {path} ({reason}); pass --overwrite to "
+                        "start over or choose another --train_dir") from None
+
+
+LOCK_FILE = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(train_dir):
+    """Hold an exclusive lock on `train_dir` while the block runs: a second process that
+    asks for it is refused at once (UserError) with the holder's pid. The lock is the
+    operating system's (flock on train_dir/.lock), so it goes away with the process that
+    holds it, even when that process is killed; the file itself stays."""
+    ensure_writable_dir(train_dir)
+    path = os.path.join(train_dir, LOCK_FILE)
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 200, 0).decode(errors="replace").strip()
+            raise UserError(f"{train_dir} is in use by another run ({holder or 'a process'}); "
+                            "wait for it to end, or choose another --train_dir") from None
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"pid {os.getpid()}".encode(), 0)
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def _replace_path(temporary, final):
@@ -112,16 +164,11 @@ def remove_leftovers(train_dir):
             _remove(path)
 
 
-def clear_run(train_dir):
-    """Remove what a previous run wrote in train_dir (for --overwrite); a cached
-    teacher in train_dir/teacher is kept."""
+def clear_run(train_dir, keep=()):
+    """Remove what a previous run wrote in train_dir (for --overwrite), but the entries
+    named in `keep` and the lock file (held by this run)."""
     if not os.path.isdir(train_dir):
         return
     for entry in os.listdir(train_dir):
-        if entry == "teacher":
-            continue
-        path = os.path.join(train_dir, entry)
-        if os.path.isdir(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+        if entry not in keep and entry != LOCK_FILE:
+            _remove(os.path.join(train_dir, entry))

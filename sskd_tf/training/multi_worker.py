@@ -15,7 +15,7 @@ import tensorflow as tf
 from sskd_tf.errors import UserError, WorkerLost
 
 # What a worker copies from the chief's run directory to resume as the chief does.
-RESUME_ENTRIES = ("checkpoints", "teacher", "history.csv", "results.json")
+RESUME_ENTRIES = ("run.json", "checkpoints", "teacher", "history.csv", "results.json")
 # What TensorFlow raises on the surviving workers when another worker is gone.
 PEER_FAILURES = (tf.errors.UnavailableError, tf.errors.AbortedError,
                  tf.errors.DeadlineExceededError, tf.errors.CancelledError)

@@ -4,8 +4,11 @@ import dataclasses
 from sskd_tf.registry import Registry
 
 RECIPES = Registry("recipe")
-# The optimizers of training/optimizers.py, named here free of TensorFlow for the flags.
+DEFAULT_RECIPE = "kd_methods"
+# The optimizers of training/optimizers.py and the epoch cuts of training/schedule.py,
+# named here free of TensorFlow for the flags.
 OPTIMIZER_NAMES = ("tf1_momentum", "keras_sgd")
+EPOCH_CUTS = ("kd_methods", "eccv2018", "pass")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +26,7 @@ class Recipe:
     nesterov: bool = True
     clip_rule: str = "kd_methods"
     optimizer: str = "tf1_momentum"
+    epoch_cut: str = "kd_methods"
 
 
 RECIPES.register("kd_methods", Recipe(
@@ -32,14 +36,13 @@ RECIPES.register("kd_methods", Recipe(
 # SSKD_SVD train.py, newest version. Its clipping differs from KD_methods_with_TF
 # (see distiller.clip_threshold_scale): the task gradient is that of the cross-
 # entropy plus the regularisation losses, so the weight decay is applied and
-# also sets the clipping threshold. Its learning rate is 0.01, x0.1 from epoch
-# 100, and its case statement then falls to 0.0 from epoch 150, so its last 50
-# epochs leave the weights where they are (BN statistics still move). That quirk
-# is not reproduced: this recipe decays x0.1 again at epoch 150, as the paper and
-# docs/method.md section 5 describe.
+# also sets the clipping threshold. Its learning rate is a tf.case of 0.01 before
+# epoch 100, 0.001 before epoch 150 and the default 0.0001 after: x0.1 at epochs 100
+# and 150, as here. Its epoch is floor(step / int(N / B)) over a stream of full
+# batches, for int(E N / B) steps (training/schedule.py).
 RECIPES.register("eccv2018", Recipe(
     learning_rate=0.01, batch_size=128, epochs=200, lr_decay_points=(0.5, 0.75),
-    lr_decay_rate=0.1, weight_decay=1e-4, clip_rule="eccv2018",
+    lr_decay_rate=0.1, weight_decay=1e-4, clip_rule="eccv2018", epoch_cut="eccv2018",
 ))
 
 

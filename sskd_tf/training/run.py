@@ -2,10 +2,14 @@
 get a teacher (load it, or train it first and cache it), distil a student with
 the chosen method, validate every epoch, log, checkpoint and save the results.
 
-Layout of a run directory:
-  checkpoints/      tf.train.CheckpointManager checkpoints (resume point)
+Layout of a run directory (the run directory as a contract: README "When things go wrong"):
+  run.json          the run's identity: the settings its numbers depend on, their
+                    fingerprint, the digest of its data (training/identity.py)
+  .lock             locked by the process working in the directory
+  checkpoints/      tf.train.CheckpointManager checkpoints (the resume point; they hold
+                    the run's history too)
   logs/             TensorBoard events (train/, validation/, the run's flags)
-  history.csv       one row per epoch (survives a resume)
+  history.csv       one row per finished epoch, rewritten from the checkpoint
   student.keras     the final student, with its distillation taps
   student_export/   the inference-only SavedModel (logits, no taps)
   results.json      last and best validation accuracy, epochs, wall time
@@ -14,6 +18,7 @@ Layout of a run directory:
 import dataclasses
 import math
 import os
+import shutil
 import time
 
 import keras
@@ -24,48 +29,93 @@ from sskd_tf import models
 from sskd_tf.distill import METHODS, build_method
 from sskd_tf.errors import UserError
 from sskd_tf.training import callbacks as run_callbacks
-from sskd_tf.training import files, multi_worker
+from sskd_tf.training import files, identity, multi_worker
 from sskd_tf.training.config import RESULTS_FILE, log
 from sskd_tf.training.distiller import Distiller
+from sskd_tf.training.loop import fit_epochs
 from sskd_tf.training.optimizers import build_optimizer
 from sskd_tf.training.recipes import RECIPES
-from sskd_tf.training.schedule import learning_rate_schedule, steps_per_epoch
+from sskd_tf.training.schedule import EpochCut, learning_rate_schedule
 from sskd_tf.training import precision
 from sskd_tf.training.strategy import make_strategy
-from sskd_tf.training.teacher import check_cached_teacher, load_teacher
+from sskd_tf.training.teacher import load_teacher
+
+TEACHER_DIR = "teacher"
+# What a run directory holds once a run has started in it (beside run.json).
+RUN_ENTRIES = (run_callbacks.CHECKPOINT_DIR, run_callbacks.HISTORY_FILE, RESULTS_FILE)
+
+
+def teacher_run_config(config):
+    """The config of the run that trains `config`'s teacher in train_dir/teacher/: the
+    same recipe, data and seed, no distillation."""
+    return dataclasses.replace(
+        config, method="none", student=config.teacher, student_taps=config.teacher_taps,
+        method_options={}, train_dir=os.path.join(config.train_dir, TEACHER_DIR),
+        overwrite=False, teacher_weights=None)
+
+
+def teacher_identity(config):
+    """The identity of the teacher `config` distils from: the digest of --teacher_weights;
+    "in the teacher file" for a .keras teacher (whose digest is the run's `teacher`); the
+    identity of its own run in train_dir/teacher/; None for a method without a teacher."""
+    if not METHODS.get(config.method).needs_teacher:
+        return None
+    if config.teacher_weights:
+        return {"weights": identity.file_digest(config.teacher_weights)}
+    if config.teacher.endswith(".keras"):
+        return {"weights": "the teacher file"}
+    return {"run": identity.run_identity(teacher_run_config(config))}
+
+
+def check_cached_teacher(config):
+    """A teacher cached in train_dir/teacher/ must be the one `config` asks for: one of
+    other settings is refused, or with --overwrite removed to be trained again. Nothing
+    to check when the teacher's weights come from a file."""
+    if config.teacher_weights or config.teacher.endswith(".keras"):
+        return
+    wanted = identity.run_identity(teacher_run_config(config))
+    teacher_dir = os.path.join(config.train_dir, TEACHER_DIR)
+    if config.overwrite and os.path.isdir(teacher_dir):
+        record = identity.read_record(teacher_dir)
+        if record is None or record["identity"] != wanted:
+            with files.run_lock(teacher_dir):
+                files.clear_run(teacher_dir)
+        return
+    identity.check_identity(teacher_dir, wanted, what="teacher")
 
 
 def teacher_weights_path(config):
     """--teacher_weights, None for a teacher read from a .keras file (it holds its
     weights), or the teacher trained by the same recipe in train_dir/teacher/
-    (trained now, as a run of its own, unless an earlier run finished it there;
-    training/teacher.py checks that cached teacher)."""
+    (trained now, as a run of its own, unless an earlier run finished it there with the
+    same settings: `check_cached_teacher`)."""
     if config.teacher_weights:
         return config.teacher_weights
     if config.teacher.endswith(".keras"):
         return None
-    teacher_dir = os.path.join(config.train_dir, "teacher")
-    results_path = os.path.join(teacher_dir, RESULTS_FILE)
-    if os.path.exists(results_path):
-        check_cached_teacher(config, results_path)
-        log(config, f"Reusing the teacher trained in {teacher_dir}")
+    check_cached_teacher(config)
+    teacher = teacher_run_config(config)
+    if os.path.exists(os.path.join(teacher.train_dir, RESULTS_FILE)):
+        log(config, f"Reusing the teacher trained in {teacher.train_dir}")
     else:
-        log(config, f"Training the teacher {config.teacher} first, in {teacher_dir}")
-        train(dataclasses.replace(config, method="none", student=config.teacher,
-                                  student_taps=config.teacher_taps, method_options={},
-                                  train_dir=teacher_dir, overwrite=False, teacher_weights=None))
-    return os.path.join(teacher_dir, "student.keras")
+        log(config, f"Training the teacher {config.teacher} first, in {teacher.train_dir}")
+        train(teacher)
+    return os.path.join(teacher.train_dir, "student.keras")
 
 
-def run_datasets(config, start_pass=0, skip_steps=0):
-    """(train_ds, val_ds, info) of a run; the training stream starts at batch `skip_steps`
-    of pass `start_pass`."""
-    return datasets.build_datasets(
+def run_data(config):
+    """The RunData of a run (sskd_tf.data.pipeline)."""
+    return datasets.load_run_data(
         config.dataset, config.data_dir, batch_size=config.batch_size,
         eval_batch_size=RECIPES.get(config.recipe).eval_batch_size, recipe=config.recipe,
         seed=config.seed, take_train=config.take_train, take_test=config.take_test,
         image_size=config.image_size, download=config.download,
-        validation_split=config.validation_split, start_pass=start_pass, skip_steps=skip_steps)
+        validation_split=config.validation_split)
+
+
+def epoch_cut(config, info):
+    """The run's EpochCut over the training examples of `info`."""
+    return EpochCut(config.epoch_cut, info.num_train, config.batch_size)
 
 
 def build_student(config, info):
@@ -75,57 +125,38 @@ def build_student(config, info):
                               role="student", keras_batch_norm=config.keras_batch_norm)
 
 
-def _check_run_dir(config):
-    results = os.path.join(config.train_dir, RESULTS_FILE)
-    if os.path.exists(results) and not config.overwrite:
-        raise UserError(
-            f"{config.train_dir} holds a finished run; pass --overwrite to replace it "
-            "or choose another --train_dir")
-    if config.overwrite:
-        files.clear_run(config.train_dir)
-    files.ensure_writable_dir(config.train_dir)
-    files.remove_leftovers(config.train_dir)
-
-
-def build_distiller(config, method, teacher, student, steps_in_epoch):
+def build_distiller(config, method, teacher, student, cut):
     """The compiled distiller with the recipe's momentum optimizer (config.optimizer:
-    TF1's Nesterov update or Keras' SGD, see training/optimizers.py) and LR schedule."""
+    TF1's Nesterov update or Keras' SGD, see training/optimizers.py) and LR schedule over
+    the epochs of `cut`."""
     recipe = RECIPES.get(config.recipe)
     schedule = learning_rate_schedule(
         config.learning_rate, config.lr_decay_points, config.lr_decay_rate, config.epochs,
-        steps_in_epoch, init_epochs=method.init_epochs)
+        cut, init_epochs=method.init_epochs)
     optimizer = build_optimizer(config.optimizer or recipe.optimizer, schedule,
                                 momentum=recipe.momentum, nesterov=recipe.nesterov)
-    distiller = Distiller(student, method, teacher, steps_in_epoch=steps_in_epoch,
-                          clip_rule=recipe.clip_rule)
+    distiller = Distiller(student, method, teacher, epoch_cut=cut, clip_rule=recipe.clip_rule)
     distiller.build((None,) + tuple(student.input_shape[1:]))
     distiller.compile(optimizer=optimizer, jit_compile=config.jit)
     optimizer.build(distiller.trainable_variables)
     return distiller
 
 
-def _results(config, history_rows, wall_time, teacher_accuracy, total_epochs):
-    val_accuracy = [float(row["val_accuracy"]) for row in history_rows]
-    return {
-        "method": config.method,
-        "teacher": config.teacher if METHODS.get(config.method).needs_teacher else None,
-        "student": config.student,
-        "dataset": config.dataset,
-        "image_size": config.image_size,
-        "recipe": config.recipe,
-        "seed": config.seed,
-        "epochs": total_epochs,
-        "last_val_accuracy": val_accuracy[-1] if val_accuracy else None,
-        "best_val_accuracy": max(val_accuracy) if val_accuracy else None,
-        "teacher_val_accuracy": teacher_accuracy,
-        "wall_time_s": wall_time,
-        "val_accuracy": val_accuracy,
-    }
+def with_train_dir(config):
+    """`config` with its train_dir, runs/<method>-<student>-<dataset>-<fingerprint> when
+    none is given (`identity.default_train_dir`)."""
+    if config.train_dir:
+        return config
+    run = identity.run_identity(config, teacher_identity(dataclasses.replace(config,
+                                                                             train_dir="")))
+    return dataclasses.replace(config, train_dir=identity.default_train_dir(
+        config.method, (config.student, config.dataset), run))
 
 
 def train(config):
     """Run `config` to the end (resuming from its last checkpoint) and return its results."""
-    config = config.resolved()
+    config = with_train_dir(config.resolved())
+    log(config, f"Run directory: {config.train_dir}")
     if config.strategy != "multi_worker":
         return _train(config)
     with multi_worker.lost_workers_reported():
@@ -136,18 +167,78 @@ def train(config):
 
 
 def _train(config):
-    _check_run_dir(config)
+    with files.run_lock(config.train_dir):
+        record = _prepare_run_dir(config)
+        return _train_in(config, record)
+
+
+def _resumable_settings(config):
+    return {name: getattr(config, name) for name in identity.RESUMABLE_FIELDS}
+
+
+def _prepare_run_dir(config):
+    """Check the run directory before any work, and return its record (run.json):
+    a run of other settings is refused (--overwrite clears it), so is a finished run, a
+    run without a record (an earlier version's) and an unparsable checkpoint state."""
+    if METHODS.get(config.method).needs_teacher:
+        check_cached_teacher(config)
+    wanted = identity.run_identity(config, teacher_identity(config))
+    if config.overwrite:
+        files.clear_run(config.train_dir, keep=(TEACHER_DIR,))
+    record = identity.check_identity(config.train_dir, wanted)
+    if record is None and any(os.path.exists(os.path.join(config.train_dir, entry))
+                              for entry in RUN_ENTRIES):
+        raise UserError(f"{config.train_dir} holds a run without its {identity.RUN_FILE} (an "
+                        "earlier version's, or the file was removed), so its settings are "
+                        "unknown; pass --overwrite to start over or choose another --train_dir")
+    if os.path.exists(os.path.join(config.train_dir, RESULTS_FILE)):
+        raise UserError(f"{config.train_dir} holds a finished run; pass --overwrite to replace "
+                        "it or choose another --train_dir")
+    run_callbacks.check_checkpoint_dir(
+        os.path.join(config.train_dir, run_callbacks.CHECKPOINT_DIR))
+    files.remove_leftovers(config.train_dir)
+    if record is None:
+        record = identity.record_identity(config.train_dir, wanted, _resumable_settings(config))
+    return record
+
+
+def _results(config, history, wall_time, teacher_accuracy, total_epochs):
+    """results.json of a finished run, from its checkpointed history; a run whose history
+    does not hold one row per epoch reports nothing (UserError)."""
+    if [row["epoch"] for row in history] != list(range(total_epochs)):
+        raise UserError(
+            f"{config.train_dir}: the run's history holds epochs "
+            f"{[row['epoch'] for row in history]}, not 0-{total_epochs - 1} (were its "
+            "checkpoints changed during the run?); results.json is not written; pass "
+            "--overwrite to start over")
+    val_accuracy = [float(row["val_accuracy"]) for row in history]
+    return {
+        "method": config.method,
+        "teacher": config.teacher if METHODS.get(config.method).needs_teacher else None,
+        "student": config.student,
+        "dataset": config.dataset,
+        "image_size": config.image_size,
+        "recipe": config.recipe,
+        "seed": config.seed,
+        "epochs": total_epochs,
+        "last_val_accuracy": val_accuracy[-1],
+        "best_val_accuracy": max(val_accuracy),
+        "teacher_val_accuracy": teacher_accuracy,
+        "wall_time_s": wall_time,
+        "val_accuracy": val_accuracy,
+    }
+
+
+def _train_in(config, record):
+    needs_teacher = METHODS.get(config.method).needs_teacher
+    weights_path = teacher_weights_path(config) if needs_teacher else None
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(config.strategy)
-    # The stream starts where the checkpoint stopped, so that a resumed run trains on the
-    # batches an uninterrupted one would have.
-    start_pass, skip_steps = run_callbacks.saved_progress(config.train_dir)
-    train_ds, val_ds, info = run_datasets(config, start_pass, skip_steps)
-    steps_in_epoch = steps_per_epoch(config.batch_size, info.num_train)
-    needs_teacher = METHODS.get(config.method).needs_teacher
-    weights_path = teacher_weights_path(config) if needs_teacher else None
+    data = run_data(config)
+    identity.check_data(config.train_dir, record, data.digest)
+    cut = epoch_cut(config, data.info)
     start = time.time()
     with strategy.scope():
         method = build_method(config.method, **config.method_options)
@@ -155,35 +246,27 @@ def _train(config):
         if jit_advice:
             log(config, f"Note: {jit_advice}")
         with precision.dtype_policy(config.mixed_precision):
-            teacher, teacher_accuracy = (load_teacher(config, info.num_classes, weights_path, val_ds,
-                                                      info.image_shape)
+            teacher, teacher_accuracy = (load_teacher(config, data.info.num_classes, weights_path,
+                                                      data.validation, data.info.image_shape)
                                          if needs_teacher else (None, None))
-            student = build_student(config, info)
-        method.prepare(teacher, train_ds.take(steps_in_epoch))
-        distiller = build_distiller(config, method, teacher, student, steps_in_epoch)
+            student = build_student(config, data.info)
+        method.prepare(teacher, data.training(0, cut.full_batches).take(cut.first_step(1)))
+        distiller = build_distiller(config, method, teacher, student, cut)
     total_epochs = config.epochs + method.init_epochs
-    checkpoint = run_callbacks.RunCheckpoint(config.train_dir, distiller)
-    epochs_done, steps_done, previous_time = checkpoint.restore()
-    if epochs_done or steps_done:
-        log(config, f"Resuming {config.train_dir} at epoch {epochs_done + 1}, step {steps_done}")
-    callbacks = run_callbacks.standard_callbacks(config, checkpoint)
-    fit = dict(validation_data=val_ds, epochs=total_epochs, callbacks=callbacks,
-               verbose=config.verbose, shuffle=False, steps_per_epoch=steps_in_epoch)
-    if steps_done and epochs_done < total_epochs:
-        # The rest of the interrupted epoch, then the stream past it (skipping those batches
-        # prepares them again: at most one pass of the input pipeline, which runs far ahead
-        # of training).
-        remaining = steps_in_epoch - steps_done
-        checkpoint.step_offset = steps_done
-        distiller.fit(train_ds, **dict(fit, epochs=epochs_done + 1, initial_epoch=epochs_done,
-                                       steps_per_epoch=remaining))
-        train_ds = train_ds.skip(remaining)
-        epochs_done += 1
-    if epochs_done < total_epochs:
-        distiller.fit(train_ds, initial_epoch=epochs_done, **fit)
+    checkpoint = run_callbacks.RunCheckpoint(config.train_dir, distiller, cut, total_epochs)
+    epochs_done, previous_time = checkpoint.restore()
+    step = int(checkpoint.model_step())
+    if step:
+        log(config, f"Resuming {config.train_dir} at epoch {epochs_done + 1}, step "
+                    f"{step - cut.first_step(epochs_done)}")
+    else:
+        shutil.rmtree(os.path.join(config.train_dir, "logs"), ignore_errors=True)
+    with checkpoint.signals_handled():
+        fit_epochs(distiller, lambda start_step: data.training(start_step, cut.full_batches), cut,
+                   total_epochs, run_callbacks.standard_callbacks(config, checkpoint),
+                   validation_data=data.validation, verbose=config.verbose)
     wall_time = time.time() - start + previous_time
-    results = _results(config, run_callbacks.read_history(config.train_dir), wall_time,
-                       teacher_accuracy, total_epochs)
+    results = _results(config, checkpoint.rows, wall_time, teacher_accuracy, total_epochs)
     with files.writing("the final student and results", config.train_dir):
         files.save_student(student, config.train_dir)
         files.write_json(os.path.join(config.train_dir, RESULTS_FILE), results)
@@ -210,4 +293,3 @@ def format_results(results):
 
 def _percent(value):
     return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
-

@@ -1,7 +1,6 @@
 """The teacher of a run: its weights (a Keras file, the authors' .mat, or a teacher
-cached in train_dir/teacher/ by an earlier run), checked against the network they are
-loaded into, and its validation accuracy."""
-import json
+cached in train_dir/teacher/ by an earlier run: training/run.py), checked against the
+network they are loaded into, and its validation accuracy."""
 import os
 import zipfile
 
@@ -65,20 +64,6 @@ def load_teacher_weights(teacher, path):
                              f"{str(error).splitlines()[0]}") from None
     else:
         raise UserError(f"--teacher_weights {path!r}: expected a .keras, .weights.h5 or .mat file")
-
-
-def check_cached_teacher(config, results_path):
-    """A teacher cached in train_dir/teacher/ must be the one this run asks for."""
-    with open(results_path) as handle:
-        cached = json.load(handle)
-    wanted = {"student": config.teacher, "dataset": config.dataset, "recipe": config.recipe,
-              "epochs": config.epochs, "image_size": config.image_size}
-    differences = [f"{name} {cached.get(name)!r} (asked: {value!r})"
-                   for name, value in wanted.items() if cached.get(name) != value]
-    if differences:
-        raise UserError(
-            f"{os.path.dirname(results_path)} holds a teacher trained with "
-            f"{', '.join(differences)}; use another --train_dir or pass --teacher_weights")
 
 
 def load_teacher(config, num_classes, weights_path, val_ds, image_shape=(32, 32, 3)):
