@@ -63,12 +63,14 @@ def _retried_from_scratch(tuner_class):
 
 
 class ReplayingBayesianOracle(kt.oracles.BayesianOptimizationOracle):
-    """keras-tuner's Bayesian oracle, whose optimiser starts from points drawn by a
-    generator keyed by (seed, number of trials so far) instead of one generator for the
-    whole search, which a resumed search would restart: a resumed search proposes what
-    an uninterrupted one would."""
+    """keras-tuner's Bayesian oracle, made to propose after a resume what it would have
+    proposed running on: its Gaussian process is fitted to the trials in the order of their
+    ids (a reloaded oracle holds them in the order of its files), and its optimiser starts
+    from points drawn by a generator keyed by (seed, number of trials so far) instead of
+    one generator for the whole search, which a resumed search would restart."""
 
     def populate_space(self, trial_id):
+        self.trials = dict(sorted(self.trials.items()))
         self._random_state = np.random.RandomState([self.seed, len(self.trials)])
         return super().populate_space(trial_id)
 

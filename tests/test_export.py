@@ -192,7 +192,12 @@ def test_an_op_the_converter_cannot_take_is_named_in_one_line(tmp_path):
 
 def test_a_run_with_unreadable_results_is_one_user_error(tmp_path):
     (tmp_path / "results.json").write_text("{not json")
-    with pytest.raises(UserError, match="damaged run"):
+    with pytest.raises(UserError, match="cannot read the results of a finished run from .*"
+                                        "results.json \\(not valid JSON") as raised:
+        export_run(str(tmp_path), ExportOptions(verbose=0))
+    assert "\n" not in str(raised.value)
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(UserError, match="holds a damaged run: no run.json"):
         export_run(str(tmp_path), ExportOptions(verbose=0))
 
 

@@ -26,7 +26,9 @@ from sskd_tf.training import files
 from main_cli import REPO
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
-STEPS_PER_EPOCH, EPOCHS = 4, 3
+EXAMPLES, BATCH, EPOCHS = 128, 32, 3
+# The authors' step count (KD_methods_with_TF train_w_distill.py): int(N * E) // B + 1.
+TOTAL_STEPS = EXAMPLES * EPOCHS // BATCH + 1
 # A run that, when PAUSE_IN names a write, stops in the middle of it (touching the
 # file argv[2] first) so that the test can kill it exactly there.
 RUN_SCRIPT = textwrap.dedent("""
@@ -56,9 +58,9 @@ RUN_SCRIPT = textwrap.dedent("""
             pause()
         files.json.dump = half_dump
     train(RunConfig(teacher="resnet8", student="resnet8", method="none", dataset="digits", image_size=8,
-                    batch_size=32, take_train=128, take_test=32, epochs=%d, verbose=0, seed=5,
+                    batch_size=%d, take_train=%d, take_test=32, epochs=%d, verbose=0, seed=5,
                     deterministic=True, train_dir=sys.argv[1]))
-""" % EPOCHS)
+""" % (BATCH, EXAMPLES, EPOCHS))
 
 
 def _start(train_dir, marker, pause_in=""):
@@ -110,7 +112,7 @@ def _finish_and_check(train_dir):
     process = _start(train_dir, "unused")
     _, stderr = process.communicate(timeout=900)
     assert process.returncode == 0, stderr[-3000:]
-    assert _optimizer_steps(train_dir) == STEPS_PER_EPOCH * EPOCHS
+    assert _optimizer_steps(train_dir) == TOTAL_STEPS
     with open(os.path.join(train_dir, "results.json")) as handle:
         assert len(json.load(handle)["val_accuracy"]) == EPOCHS
     leftovers = [path for pattern in (".saving-*", "*.tmp", "checkpoints/*_temp")

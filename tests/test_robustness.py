@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from sskd_tf import data as datasets
+from sskd_tf.data import pipeline
 from sskd_tf.distill import build_method
 from sskd_tf.errors import TrainingDiverged
 from sskd_tf.training import files
-from sskd_tf.training.callbacks import NonFiniteGuard
+from sskd_tf.training.callbacks import NonFiniteGuard, saved_progress
 from sskd_tf.training.distiller import Distiller
 from sskd_tf.training.config import RunConfig
 from sskd_tf.training.run import train
@@ -74,20 +74,17 @@ def test_the_guard_stops_after_consecutive_skips():
 
 
 def test_a_run_fed_nan_features_stops_with_the_last_good_checkpoint_intact(tmp_path, monkeypatch):
-    real_build = datasets.build_datasets
-    steps_per_epoch = 4
+    real_training = pipeline.RunData.training
+    steps_per_epoch = 4  # 128 examples in batches of 32
 
-    def poisoned_after_first_epoch(*args, **kwargs):
-        train_ds, val_ds, info = real_build(*args, **kwargs)
-        batches = tf.Variable(0, dtype=tf.int64)
+    def poisoned_after_first_epoch(self, start_step=0, full_batches=False):
+        def poison(step, batch):
+            images, labels = batch
+            return tf.where(step >= steps_per_epoch, np.nan, images), labels
 
-        def poison(images, labels):
-            count = batches.assign_add(1)
-            return tf.where(count > steps_per_epoch, np.nan, images), labels
+        return real_training(self, start_step, full_batches).enumerate(start_step).map(poison)
 
-        return train_ds.map(poison), val_ds, info
-
-    monkeypatch.setattr(datasets, "build_datasets", poisoned_after_first_epoch)
+    monkeypatch.setattr(pipeline.RunData, "training", poisoned_after_first_epoch)
     config = RunConfig(method="none", train_dir=str(tmp_path), epochs=3, max_consecutive_skips=3, **TINY)
     with pytest.raises(TrainingDiverged):
         train(config)
@@ -111,7 +108,9 @@ RUN_SCRIPT = textwrap.dedent("""
     except KeyboardInterrupt:
         sys.exit(130)
 """)
-STEPS_PER_EPOCH, EPOCHS = 8, 3
+# 256 examples in batches of 32: 8 steps an epoch, and the authors' count for 3 epochs,
+# int(3 * 256) // 32 + 1 = 25 steps (the last epoch has 9).
+STEPS_PER_EPOCH, EPOCHS, TOTAL_STEPS = 8, 3, 25
 
 
 def _optimizer_steps(train_dir):
@@ -147,7 +146,7 @@ def test_a_killed_run_resumes_to_the_same_number_of_steps(tmp_path):
     finished = subprocess.run([sys.executable, "-c", RUN_SCRIPT, train_dir], cwd=REPO, env=ENV,
                               capture_output=True, text=True, timeout=900)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    assert _optimizer_steps(train_dir) == STEPS_PER_EPOCH * EPOCHS
+    assert _optimizer_steps(train_dir) == TOTAL_STEPS
     with open(os.path.join(train_dir, "results.json")) as handle:
         assert len(json.load(handle)["val_accuracy"]) == EPOCHS
 
@@ -160,15 +159,12 @@ def test_sigint_saves_a_checkpoint_mid_epoch_and_the_run_resumes_from_it(tmp_pat
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=600)
     assert process.returncode == 130, stderr.decode()[-2000:]
-    reader = tf.train.load_checkpoint(os.path.join(train_dir, "checkpoints"))
-    epochs = int(reader.get_tensor("epoch/.ATTRIBUTES/VARIABLE_VALUE"))
-    steps = int(reader.get_tensor("epoch_steps/.ATTRIBUTES/VARIABLE_VALUE"))
-    assert epochs == 1 and 0 < steps < STEPS_PER_EPOCH
-    assert _optimizer_steps(train_dir) == STEPS_PER_EPOCH + steps
+    epochs, step = saved_progress(train_dir)
+    assert epochs == 1 and STEPS_PER_EPOCH < step < 2 * STEPS_PER_EPOCH
     finished = subprocess.run([sys.executable, "-c", RUN_SCRIPT, train_dir], cwd=REPO, env=ENV,
                               capture_output=True, text=True, timeout=900)
     assert finished.returncode == 0, finished.stderr[-2000:]
-    assert _optimizer_steps(train_dir) == STEPS_PER_EPOCH * EPOCHS
+    assert _optimizer_steps(train_dir) == TOTAL_STEPS
 
 
 REPLAY_SCRIPT = textwrap.dedent("""
@@ -206,7 +202,14 @@ REPLAY_SCRIPT = textwrap.dedent("""
     def checkpoint_values(train_dir):
         reader = tf.train.load_checkpoint(os.path.join(train_dir, "checkpoints"))
         return {name: reader.get_tensor(name) for name in reader.get_variable_to_shape_map()
-                if not name.startswith(("wall_time", "save_counter", "_CHECKPOINTABLE"))}
+                if not name.startswith(("wall_time", "save_counter", "_CHECKPOINTABLE",
+                                        "history"))}
+
+    def history(train_dir):
+        # The checkpointed history, without the epochs' timings.
+        reader = tf.train.load_checkpoint(os.path.join(train_dir, "checkpoints"))
+        rows = json.loads(reader.get_tensor("history/.ATTRIBUTES/VARIABLE_VALUE").decode())
+        return [{k: v for k, v in row.items() if k != "train_time_s"} for row in rows]
 
     uninterrupted, interrupted = sys.argv[2:]
     if sys.argv[1] == "interrupt":
@@ -228,6 +231,7 @@ REPLAY_SCRIPT = textwrap.dedent("""
             "differing": [n for n in expected if not np.array_equal(expected[n], replayed.get(n))],
             "random_states": sum(n.startswith("random_states/") for n in expected),
             "student_weights_equal": all(np.array_equal(a, b) for a, b in zip(*students)),
+            "history_equal": history(uninterrupted) == history(interrupted),
         }))
 """)
 
@@ -235,7 +239,9 @@ REPLAY_SCRIPT = textwrap.dedent("""
 def test_a_run_interrupted_by_sigint_and_by_kill_replays_the_uninterrupted_run(tmp_path):
     """--seed --deterministic: interrupted mid-epoch (SIGINT, resumed in the same process),
     then killed (-9) after an epoch's checkpoint and resumed in a new one, a run ends with
-    every checkpointed variable bit-equal to the uninterrupted run's."""
+    every checkpointed variable bit-equal to the uninterrupted run's, and the same history
+    (the interrupted epoch's averages included). Progress is (finished epochs, global
+    step): 80 examples in batches of 32 make epochs of 3 steps (ceil(80 / 32))."""
     dirs = [str(tmp_path / "uninterrupted"), str(tmp_path / "interrupted")]
     killed = subprocess.run([sys.executable, "-c", REPLAY_SCRIPT, "interrupt", *dirs], cwd=REPO,
                             env=ENV, capture_output=True, text=True, timeout=900)
@@ -245,8 +251,8 @@ def test_a_run_interrupted_by_sigint_and_by_kill_replays_the_uninterrupted_run(t
                              env=ENV, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     report = json.loads(resumed.stdout.splitlines()[-1])
-    assert report == {"progress_at_kill": [1, 0], "names": True, "differing": [],
-                      "random_states": 1, "student_weights_equal": True}
+    assert report == {"progress_at_kill": [1, 3], "names": True, "differing": [],
+                      "random_states": 1, "student_weights_equal": True, "history_equal": True}
 
 
 DETERMINISM_SCRIPT = textwrap.dedent("""

@@ -191,5 +191,7 @@ def test_history_records_the_training_time_of_every_epoch(distilled_run):
 
 def test_a_cached_teacher_trained_otherwise_is_not_reused_silently(tmp_path, distilled_run):
     shutil.copytree(os.path.join(distilled_run[0], "teacher"), tmp_path / "teacher")
-    with pytest.raises(ValueError, match=r"holds a teacher trained with epochs 1 \(asked: 2\)"):
+    with pytest.raises(ValueError, match=r"teacher holds a teacher of other settings: epochs 1 "
+                                         r"\(asked: 2\); choose another --train_dir"):
         train(RunConfig(method="svd", train_dir=str(tmp_path), **dict(TINY, epochs=2)))
+    assert sorted(os.listdir(tmp_path)) == [".lock", "teacher"]

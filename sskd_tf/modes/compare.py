@@ -39,7 +39,7 @@ def shared_identity(base):
     """What every run of a comparison shares: the settings but the method, its options
     and the seed, and the teacher's weights when they are given."""
     shared = dataclasses.replace(base, method="none", method_options={})
-    digest = identity.file_digest(base.teacher_weights) if base.teacher_weights else None
+    digest = identity.file_digest(base.teacher_weights, "--teacher_weights") if base.teacher_weights else None
     return {"runs": identity.run_identity(shared), "teacher_weights": digest}
 
 

@@ -3,7 +3,6 @@
 callback list that carries them through a run trained one fit call per epoch."""
 import contextlib
 import csv
-import glob
 import io
 import json
 import os
@@ -31,16 +30,13 @@ def _unreadable(path, error):
 
 
 def check_checkpoint_dir(directory):
-    """Refuse (UserError) a checkpoint directory whose state file cannot be parsed, or
-    that holds checkpoints without one: TensorFlow would start afresh and overwrite them."""
+    """Refuse (UserError) a checkpoint directory whose state file cannot be parsed:
+    TensorFlow would ignore it, start afresh and overwrite the checkpoints it lists. (Without
+    a state file nothing was recorded: a run killed inside its first save starts afresh.)"""
     state = os.path.join(directory, "checkpoint")
-    if os.path.exists(state):
-        if tf.train.get_checkpoint_state(directory) is None:
-            raise UserError(f"{state} cannot be parsed as a checkpoint state; restore it, "
-                            "delete the directory to start over, or pass --overwrite")
-    elif glob.glob(os.path.join(directory, "ckpt-*.index")):
-        raise UserError(f"{directory} holds checkpoints but no state file ('checkpoint'); "
-                        "restore it, delete the directory to start over, or pass --overwrite")
+    if os.path.exists(state) and tf.train.get_checkpoint_state(directory) is None:
+        raise UserError(f"{state} cannot be parsed as a checkpoint state; restore it, "
+                        "delete the directory to start over, or pass --overwrite")
 
 
 def saved_progress(train_dir):

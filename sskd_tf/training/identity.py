@@ -33,15 +33,18 @@ def _json_value(value):
     return json.loads(json.dumps(value))
 
 
-def file_digest(path, chunk=1 << 20):
-    """sha256 of a file's bytes."""
+def file_digest(path, what="a file", chunk=1 << 20):
+    """sha256 of a file's bytes; a UserError naming `what` the file is (e.g. a flag) when
+    it cannot be read."""
     digest = hashlib.sha256()
     try:
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(chunk), b""):
                 digest.update(block)
+    except FileNotFoundError:
+        raise UserError(f"{what}: no such file {path!r}") from None
     except OSError as error:
-        raise UserError(f"cannot read {path} ({error.strerror})") from None
+        raise UserError(f"{what}: cannot read {path!r} ({error.strerror})") from None
     return digest.hexdigest()
 
 
@@ -50,10 +53,10 @@ def fingerprint(identity):
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def model_identity(name):
+def model_identity(name, flag):
     """A network's identity: its name, or for a `.keras` file the digest of its bytes
-    (where the file lies does not matter)."""
-    return f"sha256:{file_digest(name)}" if name.endswith(".keras") else name
+    (where the file lies does not matter); `flag` names where it was given."""
+    return f"sha256:{file_digest(name, flag)}" if name.endswith(".keras") else name
 
 
 def resolved_method_options(method_class, options):
@@ -79,8 +82,8 @@ def run_identity(config, teacher=None):
                 if field.name not in RESUMABLE_FIELDS}
     identity["method_options"] = resolved_method_options(METHODS.get(config.method),
                                                          config.method_options)
-    identity["teacher"] = model_identity(config.teacher)
-    identity["student"] = model_identity(config.student)
+    identity["teacher"] = model_identity(config.teacher, "--teacher")
+    identity["student"] = model_identity(config.student, "--student")
     identity["teacher_identity"] = teacher
     return _json_value(identity)
 

@@ -61,7 +61,7 @@ def teacher_identity(config):
     if not METHODS.get(config.method).needs_teacher:
         return None
     if config.teacher_weights:
-        return {"weights": identity.file_digest(config.teacher_weights)}
+        return {"weights": identity.file_digest(config.teacher_weights, "--teacher_weights")}
     if config.teacher.endswith(".keras"):
         return {"weights": "the teacher file"}
     return {"run": identity.run_identity(teacher_run_config(config))}
