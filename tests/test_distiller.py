@@ -8,7 +8,7 @@ import tensorflow as tf
 from sskd_tf.distill.base import DistillationMethod
 from sskd_tf.training.distiller import (Distiller, clip_includes_weight_decay, clip_threshold_scale,
                                         combine_gradients)
-from sskd_tf.training.schedule import clip_sigmoid, learning_rate_schedule
+from sskd_tf.training.schedule import EpochCut, clip_sigmoid, learning_rate_schedule
 
 
 def _clip(epoch, rule, g_ce, g_wd, g_kd):
@@ -67,7 +67,8 @@ def test_clip_sigmoid_saturates_to_exactly_one():
 
 
 def test_learning_rate_decays_at_fractions_of_the_epochs():
-    schedule = learning_rate_schedule(0.1, (0.3, 0.6, 0.8), 0.1, epochs=10, steps_in_epoch=5)
+    schedule = learning_rate_schedule(0.1, (0.3, 0.6, 0.8), 0.1, epochs=10,
+                                      cut=EpochCut.of_steps(5))
     rates = [float(schedule(step)) for step in (0, 14, 15, 29, 30, 39, 40)]
     np.testing.assert_allclose(rates, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001, 0.0001], rtol=1e-6)
 

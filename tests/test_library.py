@@ -8,6 +8,7 @@ import pytest
 import tensorflow as tf
 
 import sskd_tf
+from sskd_tf.training.schedule import EpochCut
 from sskd_tf.distill import METHODS
 from sskd_tf.distill.kd_svd import svd_kd_loss
 from sskd_tf.errors import UserError
@@ -76,7 +77,7 @@ def test_kd_svd_one_epoch_through_the_api(tmp_path):
 
     distiller.compile(optimizer=keras.optimizers.SGD(0.05), metrics=["accuracy"])
     history = distiller.fit(images, labels, batch_size=10, epochs=1, verbose=0).history
-    assert distiller.steps_in_epoch == 3  # ceil(24 / 10), derived by fit
+    assert distiller.epoch_cut == EpochCut.of_steps(3)  # ceil(24 / 10), derived by fit
     assert 0.0 < history["clip_ratio"][0] <= 1.0
     assert any(not np.allclose(a, b) for a, b in zip(student_before, student.get_weights()))
     for before, after in zip(teacher_weights, teacher.get_weights()):
@@ -95,7 +96,7 @@ def test_attention_one_epoch_through_the_api_with_a_probability_output():
                       loss="sparse_categorical_crossentropy")  # reads probabilities
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(len(images))
     history = distiller.fit(dataset, epochs=1, verbose=0).history
-    assert distiller.steps_in_epoch == 1
+    assert distiller.epoch_cut == EpochCut.of_steps(1)
     [student_map], [teacher_map] = (layer_outputs(student, ["block2"], images),
                                     layer_outputs(teacher, ["block3"], images))
     np.testing.assert_allclose(history["attention_loss"][0],

@@ -13,7 +13,7 @@ import tensorflow as tf
 
 from sskd_tf.training.optimizers import OPTIMIZERS, TF1Momentum, build_optimizer
 from sskd_tf.training.recipes import OPTIMIZER_NAMES, RECIPES
-from sskd_tf.training.schedule import learning_rate_schedule
+from sskd_tf.training.schedule import EpochCut, learning_rate_schedule
 
 from main_cli import REPO
 
@@ -24,7 +24,7 @@ STEPS = 8
 def _schedule():
     # 4 epochs of 2 steps, decays at epochs int(4 * 0.25) = 1 and int(4 * 0.75) = 3:
     # rate 0.1 for steps 0-1, 0.01 for steps 2-5, 0.001 for steps 6-7.
-    return learning_rate_schedule(0.1, (0.25, 0.75), 0.1, epochs=4, steps_in_epoch=2)
+    return learning_rate_schedule(0.1, (0.25, 0.75), 0.1, epochs=4, cut=EpochCut.of_steps(2))
 
 
 def _gradients():
@@ -128,14 +128,14 @@ MIRRORED_SCRIPT = textwrap.dedent("""
     import json, sys
     import keras, numpy as np, tensorflow as tf
     from sskd_tf.training.optimizers import TF1Momentum
-    from sskd_tf.training.schedule import learning_rate_schedule
+    from sskd_tf.training.schedule import EpochCut, learning_rate_schedule
     from sskd_tf.training.strategy import make_strategy
 
     strategy = make_strategy("mirrored")
     gradients = [np.array(g, np.float32) for g in json.loads(sys.stdin.read())]
     with strategy.scope():
         variable = keras.Variable(np.ones((3, 2), np.float32))
-        optimizer = TF1Momentum(learning_rate_schedule(0.1, (0.25, 0.75), 0.1, epochs=4, steps_in_epoch=2))
+        optimizer = TF1Momentum(learning_rate_schedule(0.1, (0.25, 0.75), 0.1, epochs=4, cut=EpochCut.of_steps(2)))
         optimizer.build([variable])
 
     @tf.function
@@ -185,7 +185,8 @@ def test_the_flags_reach_the_run_and_the_default_is_tf1_momentum():
     config = config_from_flags(flag_values).resolved()
     assert (config.optimizer, config.keras_batch_norm) == ("tf1_momentum", False)
     student = models.build_model("resnet8", 10, input_shape=(8, 8, 3))
-    distiller = build_distiller(config, build_method("none"), None, student, steps_in_epoch=3)
+    distiller = build_distiller(config, build_method("none"), None, student,
+                                EpochCut.of_steps(3))
     assert isinstance(distiller.optimizer, TF1Momentum) and distiller.optimizer.nesterov
     with pytest.raises(absl_flags.IllegalFlagValueError, match="tf1_momentum"):
         copy.deepcopy(absl_flags.FLAGS)(["main.py", "--optimizer=adam"])
