@@ -9,7 +9,7 @@ _SAME_NAME_FIELDS = (
     "batch_size", "learning_rate",
     "lr_decay_rate", "weight_decay", "train_dir", "teacher_weights", "seed", "strategy", "jit",
     "mixed_precision", "deterministic", "max_consecutive_skips", "overwrite", "take_train",
-    "take_test", "optimizer", "keras_batch_norm",
+    "take_test", "optimizer", "keras_batch_norm", "sync_batch_norm",
 )
 
 

@@ -12,6 +12,7 @@ import tensorflow as tf
 from keras.src.utils.tracking import no_automatic_dependency_tracking
 
 from sskd_tf.errors import UserError
+from sskd_tf.models.common import synchronize_batch_norm
 from sskd_tf.training.precision import needs_loss_scale
 from sskd_tf.training.schedule import clip_sigmoid, epoch_of_step
 
@@ -170,13 +171,17 @@ class Distiller(keras.Model):
     teacher may be None when the method needs none. method: a DistillationMethod.
     steps_in_epoch: steps of one pass over the training set, which give the epoch
     of the clipping rule (see `schedule`); None: derived from the data by `fit`.
-    clip_rule: see `clip_threshold_scale`. `compile(loss=..., metrics=...)` replaces the
-    task loss (default: sparse cross-entropy on logits, reported as `ce_loss`) and the
-    task metrics (default: accuracy).
+    clip_rule: see `clip_threshold_scale`. sync_batch_norm: on several replicas, every
+    batch-norm layer of the student and of the method computes its training statistics
+    over the global batch (`models.common.synchronize_batch_norm`); False (default), over
+    its replica's share, as the authors' single device saw a batch of the share's size
+    (docs/method.md section 5, "Several replicas"). `compile(loss=..., metrics=...)`
+    replaces the task loss (default: sparse cross-entropy on logits, reported as
+    `ce_loss`) and the task metrics (default: accuracy).
     """
 
     def __init__(self, student, method, teacher=None, *, steps_in_epoch=None, clip_rule="kd_methods",
-                 **kwargs):
+                 sync_batch_norm=False, **kwargs):
         super().__init__(**kwargs)
         if method.needs_teacher and teacher is None:
             raise ValueError(f"distillation method {method.name!r} needs a teacher")
@@ -186,6 +191,7 @@ class Distiller(keras.Model):
         self.steps_in_epoch = steps_in_epoch
         self._derived_steps = False
         self.clip_rule = clip_rule
+        self.sync_batch_norm = sync_batch_norm
         if teacher is not None:
             teacher.trainable = False
         self.cross_entropy = summed_task_loss(None)
@@ -240,7 +246,8 @@ class Distiller(keras.Model):
 
     def build(self, input_shape):
         """Run every part once on a small batch so that the method's auxiliary layers
-        exist and its shape checks fail before training starts."""
+        exist and its shape checks fail before training starts; then set every BN layer
+        that trains to `sync_batch_norm` (on one replica there is nothing to synchronise)."""
         if self.built:
             return
         images = tf.zeros([2] + list(input_shape[1:]))
@@ -250,6 +257,8 @@ class Distiller(keras.Model):
         terms = self.method(student_out, teacher_out, labels, training=False)
         for name in terms:
             self.term_trackers[name] = keras.metrics.Mean(name=f"{name}_loss")
+        synchronize_batch_norm([self.student, self.method],
+                               self.sync_batch_norm and self._replicas() > 1)
         super().build(input_shape)
 
     @staticmethod

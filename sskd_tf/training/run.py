@@ -97,7 +97,7 @@ def build_distiller(config, method, teacher, student, steps_in_epoch):
     optimizer = build_optimizer(config.optimizer or recipe.optimizer, schedule,
                                 momentum=recipe.momentum, nesterov=recipe.nesterov)
     distiller = Distiller(student, method, teacher, steps_in_epoch=steps_in_epoch,
-                          clip_rule=recipe.clip_rule)
+                          clip_rule=recipe.clip_rule, sync_batch_norm=config.sync_batch_norm)
     distiller.build((None,) + tuple(student.input_shape[1:]))
     distiller.compile(optimizer=optimizer, jit_compile=config.jit)
     optimizer.build(distiller.trainable_variables)
