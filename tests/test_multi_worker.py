@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from sskd_tf import models
+from sskd_tf.models import common  # noqa: F401  (registers SlimBatchNormalization for load_model)
 from sskd_tf.training import callbacks as run_callbacks
 
 from main_cli import ERROR_PREFIX, REPO
