@@ -54,7 +54,7 @@ SCRIPT = textwrap.dedent("""
 
     def run(strategy, method, options=None, batches=(0, 1, 2), batch_norm=False, weight_decay=0.0,
             precision="none", poison=None, sync_batch_norm=True, batch=8, steps_in_epoch=10,
-            clip_rule="kd_methods"):
+            clip_rule="kd_methods", optimizer=lambda: TF1Momentum(0.1)):
         images = IMAGES.copy()
         if poison is not None:
             images[poison] = np.nan
@@ -67,7 +67,7 @@ SCRIPT = textwrap.dedent("""
                                   steps_in_epoch=steps_in_epoch, clip_rule=clip_rule,
                                   sync_batch_norm=sync_batch_norm)
             distiller.build((None, 8, 8, 3))
-            distiller.compile(optimizer=TF1Momentum(0.1))
+            distiller.compile(optimizer=optimizer())
         history = distiller.fit(data, epochs=1, verbose=0).history
         return {
             "weights": [v.numpy().tolist() for v in student.trainable_variables],
@@ -107,6 +107,13 @@ SCRIPT = textwrap.dedent("""
         "mirrored": run(mirrored, "svd", batches=(0,), batch_norm=True, sync_batch_norm=False),
         "halves": [run(one_device, "svd", batches=(half,), batch_norm=True, batch=4)
                    for half in (0, 1)]}
+    # An optimizer that does not sum over replicas itself must fail, not sum twice.
+    try:
+        run(mirrored, "svd", batches=(0,),
+            optimizer=lambda: keras.optimizers.LossScaleOptimizer(TF1Momentum(0.1)))
+        out["wrapped_optimizer"] = "trained"
+    except RuntimeError as error:
+        out["wrapped_optimizer"] = str(error)
     json.dump(out, sys.stdout)
 """)
 
@@ -197,6 +204,11 @@ def test_without_sync_batch_norm_each_replica_keeps_the_statistics_of_its_share(
             np.testing.assert_allclose(np.array(replica), np.array(half["statistics"][path][0]),
                                        rtol=RTOL, atol=ATOL, err_msg=path)
         assert not np.allclose(replicas[0], replicas[1], rtol=1e-3), path
+
+
+def test_an_optimizer_that_would_sum_the_global_gradients_again_fails(runs):
+    """The guard of the one place that relies on Keras' private all-reduce."""
+    assert "would be summed again" in runs["wrapped_optimizer"]
 
 
 def _one_device_step(sync_batch_norm):

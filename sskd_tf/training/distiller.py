@@ -134,13 +134,14 @@ def applying_summed_gradients(optimizer):
     gradients as they are, for gradients that are the sum over replicas already:
     Keras' optimizer would sum them over replicas again, N times the step.
 
-    The one private API of Keras the distiller relies on (Keras 3.x, TensorFlow
-    backend): `TFOptimizer._all_reduce_sum_gradients(grads_and_vars)`
+    Private API of Keras (3.x, TensorFlow backend), kept to this block:
+    `TFOptimizer._all_reduce_sum_gradients(grads_and_vars)`
     (keras/src/backend/tensorflow/optimizer.py), the optimizer's all-reduce, is
     shadowed by the identity on this instance for the block. Keras' public route,
     `apply_gradients` in cross-replica context, fails (its update step calls
-    merge_call on the replica context). If a Keras version no longer calls it, the
-    block raises rather than let the step be summed twice.
+    merge_call on the replica context). If the optimizer does not call it (a Keras
+    version that sums elsewhere, an optimizer wrapping another), the block raises
+    rather than let the step be summed twice.
     """
     calls = []
 
@@ -155,9 +156,10 @@ def applying_summed_gradients(optimizer):
         del optimizer._all_reduce_sum_gradients
     if not calls:
         raise RuntimeError(
-            f"{type(optimizer).__name__}.apply_gradients did not call _all_reduce_sum_gradients: "
-            "this Keras version sums gradients over replicas elsewhere, and the distiller cannot "
-            "apply the clip rule's summed gradients without summing them again")
+            f"{type(optimizer).__name__}.apply_gradients did not call its own "
+            "_all_reduce_sum_gradients (a wrapping optimizer such as LossScaleOptimizer, or a "
+            "Keras version that sums over replicas elsewhere): the clip rule's gradients, summed "
+            "over replicas already, would be summed again")
 
 
 def _all_finite(values):
