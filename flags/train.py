@@ -33,6 +33,11 @@ flags.DEFINE_string("teacher_weights", None,
 flags.DEFINE_enum("strategy", "default", STRATEGIES,
                   "default: one device; mirrored: all GPUs (2 logical CPUs without GPU); "
                   "multi_worker: MultiWorkerMirroredStrategy from TF_CONFIG.")
+flags.DEFINE_bool("sync_batch_norm", False,
+                  "With several replicas, batch norm over the global batch (mean, variance and "
+                  "slim's n/(n-1) of all replicas): the run then equals one device with the same "
+                  "--batch_size. Default: each replica normalises its own share, as the authors' "
+                  "single GPU did a batch of that size. No effect on one device.")
 flags.DEFINE_bool("jit", False, "XLA-compile the train step (jit_compile). Which methods "
                   "compile, and whether it pays on CPU: docs/benchmarks.md.")
 flags.DEFINE_enum("mixed_precision", "none", ("none", "mixed_bfloat16", "mixed_float16"),

@@ -133,7 +133,9 @@ class Distiller(training.Distiller):
     section 5; the SVD family's default) or "sum"; None takes the losses' own.
     clip_rule: "kd_methods" (default) or "eccv2018", see `training.distiller.clip_threshold_scale`.
     steps_in_epoch: None derives it from the data at `fit` (it sets the epoch of
-    the clip rule).
+    the clip rule). sync_batch_norm: under a strategy of several replicas, the
+    student's and the losses' batch-norm layers normalise over the global batch (it
+    sets their `synchronized`; see `training.distiller.Distiller`).
 
     Compile as usual: `compile(optimizer, loss=..., metrics=[...])`; `loss` is the
     task loss on the student's output (default: sparse cross-entropy on logits) and
@@ -144,7 +146,7 @@ class Distiller(training.Distiller):
 
     def __init__(self, teacher, student, distillation_losses, distillation_loss_weights=None, *,
                  student_loss_weight=None, gradient_rule=None, clip_rule="kd_methods",
-                 steps_in_epoch=None, name="distiller", **kwargs):
+                 steps_in_epoch=None, sync_batch_norm=False, name="distiller", **kwargs):
         losses = (list(distillation_losses) if isinstance(distillation_losses, (list, tuple))
                   else [distillation_losses])
         if not losses or not all(isinstance(loss, MethodLoss) for loss in losses):
@@ -160,7 +162,8 @@ class Distiller(training.Distiller):
                          student_loss_weight, name="distillation")
         super().__init__(tap_model(student, student_names, "student"), method,
                          tap_model(teacher, teacher_names, "teacher"),
-                         steps_in_epoch=steps_in_epoch, clip_rule=clip_rule, name=name, **kwargs)
+                         steps_in_epoch=steps_in_epoch, clip_rule=clip_rule,
+                         sync_batch_norm=sync_batch_norm, name=name, **kwargs)
         self.distillation_losses = losses
         self._prepared = False
         self.build((None,) + tuple(student.inputs[0].shape[1:]))

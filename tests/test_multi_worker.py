@@ -1,7 +1,8 @@
 """--strategy=multi_worker as two real worker processes on 127.0.0.1, from TF_CONFIG:
 the chief alone writes, the weights equal a one-process MirroredStrategy run with the
-same global batch, and a worker killed mid-run stops the other with one line; both
-started again resume from the last checkpoint."""
+same global batch (also for KD-SVD's clip rule with --sync_batch_norm), and a worker
+killed mid-run stops the other with one line; both started again resume from the last
+checkpoint."""
 import json
 import os
 import signal
@@ -14,12 +15,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from sskd_tf.training import callbacks as run_callbacks
+
 from main_cli import ERROR_PREFIX, REPO
 
 RUN = ("--method=none", "--teacher=resnet8", "--dataset=digits", "--image_size=8", "--take_train=64",
        "--take_test=32", "--batch_size=32", "--seed=3")
 # 64 examples in batches of 32: the authors' step count of E epochs is int(64 E) // 32 + 1.
 STEPS_OF_EPOCHS = {1: 3, 3: 7}
+# The same global batches of 32 in both runs; a random teacher saved once serves both.
+SVD_RUN = ("--method=svd", "--sync_batch_norm") + RUN[1:]
 
 
 def _free_ports(count):
@@ -38,13 +43,13 @@ def _env(tmp_path, **extra):
     return dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3", TMPDIR=str(scratch), **extra)
 
 
-def _start_workers(tmp_path, *argv):
+def _start_workers(tmp_path, *argv, run=RUN):
     cluster = {"worker": [f"127.0.0.1:{port}" for port in _free_ports(2)]}
     workers = []
     for index in range(2):
         tf_config = json.dumps({"cluster": cluster, "task": {"type": "worker", "index": index}})
         workers.append(subprocess.Popen(
-            [sys.executable, "main.py", "--strategy=multi_worker", *RUN, *argv], cwd=REPO,
+            [sys.executable, "main.py", "--strategy=multi_worker", *run, *argv], cwd=REPO,
             env=_env(tmp_path, TF_CONFIG=tf_config), stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE, text=True))
     return workers
@@ -52,6 +57,25 @@ def _start_workers(tmp_path, *argv):
 
 def _finish(workers, timeout=900):
     return [(worker.wait(timeout=timeout), worker.stderr.read()) for worker in workers]
+
+
+def _run_mirrored(tmp_path, train_dir, *argv, run=RUN):
+    """The same run in one process, MirroredStrategy over 2 logical CPUs."""
+    single = subprocess.run([sys.executable, "main.py", "--strategy=mirrored", *run, *argv,
+                             f"--train_dir={train_dir}"], cwd=REPO, env=_env(tmp_path),
+                            capture_output=True, text=True, timeout=900)
+    assert single.returncode == 0, single.stderr[-3000:]
+
+
+def _assert_same_weights(multi_dir, mirrored_dir):
+    """The same two half-batches of 16 meet the same weights in both runs; only the
+    order of floating-point sums differs (a gRPC all-reduce against an in-process
+    add, multithreaded CPU kernels): about 1e-7 relative per step, over the run's 3
+    steps whose learning rate is 0.02. 1e-4 leaves room for that and catches any other
+    update (another batch, another scaling, a missed step)."""
+    for multi, mirrored in zip(_weights(multi_dir / "student.keras"),
+                               _weights(mirrored_dir / "student.keras")):
+        np.testing.assert_allclose(multi, mirrored, rtol=1e-4, atol=1e-6)
 
 
 def _weights(path):
@@ -75,19 +99,26 @@ def test_two_workers_train_as_one_mirrored_process_and_only_the_chief_writes(tmp
                                             "student_export"]
     assert os.listdir(tmp_path / "tmp") == []  # the worker's scratch copy is gone
     mirrored_dir = tmp_path / "mirrored"
-    single = subprocess.run([sys.executable, "main.py", "--strategy=mirrored", *RUN, "--epochs=1",
-                             f"--train_dir={mirrored_dir}"], cwd=REPO, env=_env(tmp_path),
-                            capture_output=True, text=True, timeout=900)
-    assert single.returncode == 0, single.stderr[-3000:]
-    # The same two half-batches of 16 meet the same weights in both runs; only the
-    # order of floating-point sums differs (a gRPC all-reduce against an in-process
-    # add, multithreaded CPU kernels): about 1e-7 relative per step, over 2 steps
-    # whose learning rate is 0.02. 1e-4 leaves room for that and catches any other
-    # update (another batch, another scaling, a missed step).
-    for multi, mirrored in zip(_weights(chief_dir / "student.keras"),
-                               _weights(mirrored_dir / "student.keras")):
-        np.testing.assert_allclose(multi, mirrored, rtol=1e-4, atol=1e-6)
+    _run_mirrored(tmp_path, mirrored_dir, "--epochs=1")
+    _assert_same_weights(chief_dir, mirrored_dir)
     assert _optimizer_steps(chief_dir) == STEPS_OF_EPOCHS[1]
+
+
+def test_two_workers_distil_with_the_global_clip_and_batch_norm_as_one_mirrored_process(
+        tmp_path, teacher_run):
+    """KD-SVD from the session's teacher, clip active: the distillation gradient is clipped
+    by the global task gradient and --sync_batch_norm normalises (and Bessel-corrects) over
+    the global batch across the two processes, as one process does over its 2 replicas
+    (the BN moving statistics are among the weights compared)."""
+    argv = ("--epochs=1", f"--teacher_weights={os.path.join(teacher_run, 'student.keras')}")
+    multi_dir, mirrored_dir = tmp_path / "multi", tmp_path / "mirrored"
+    for status, stderr in _finish(_start_workers(tmp_path, *argv, f"--train_dir={multi_dir}",
+                                                 run=SVD_RUN)):
+        assert status == 0, stderr[-3000:]
+    _run_mirrored(tmp_path, mirrored_dir, *argv, run=SVD_RUN)
+    for train_dir in (multi_dir, mirrored_dir):
+        assert float(run_callbacks.read_history(train_dir)[0]["clip_ratio"]) < 1.0
+    _assert_same_weights(multi_dir, mirrored_dir)
 
 
 def test_a_killed_worker_stops_the_other_with_one_line_and_both_resume(tmp_path):

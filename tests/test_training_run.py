@@ -1,12 +1,9 @@
-"""End-to-end runs on a tiny slice of digits: outputs, TensorBoard, resume,
-distribution, and the command line."""
+"""End-to-end runs on a tiny slice of digits: outputs, TensorBoard, resume and the
+command line (several replicas: tests/test_replicas.py, tests/test_multi_worker.py)."""
 import glob
 import json
 import os
 import shutil
-import subprocess
-import sys
-import textwrap
 
 import keras
 import numpy as np
@@ -17,7 +14,7 @@ from sskd_tf.training import callbacks as run_callbacks
 from sskd_tf.training.config import RunConfig
 from sskd_tf.training.run import train
 
-from main_cli import REPO, main_error
+from main_cli import main_error
 
 TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", image_size=8, batch_size=64,
             take_train=128, take_test=64, epochs=1, verbose=0)
@@ -118,59 +115,6 @@ def test_an_interrupted_run_resumes_at_the_right_epoch(tmp_path, monkeypatch, di
     assert _optimizer_steps(str(tmp_path)) == 3 * 2
     epochs = [int(row["epoch"]) for row in run_callbacks.read_history(str(tmp_path))]
     assert epochs == [0, 1, 2]
-
-
-MIRRORED_SCRIPT = textwrap.dedent("""
-    import json, sys
-    import numpy as np, keras, tensorflow as tf
-    from sskd_tf.training.strategy import make_strategy
-    from sskd_tf.training.distiller import Distiller
-    from sskd_tf.distill import build_method
-
-    def toy(seed):
-        inputs = keras.Input((8, 8, 3))
-        init = keras.initializers.GlorotUniform(seed=seed)
-        a = keras.layers.Conv2D(4, 3, padding="same", activation="relu", kernel_initializer=init)(inputs)
-        b = keras.layers.Conv2D(6, 3, strides=2, padding="same", activation="relu", kernel_initializer=init)(a)
-        logits = keras.layers.Dense(3, kernel_initializer=init)(keras.layers.GlobalAveragePooling2D()(b))
-        return keras.Model(inputs, {"logits": logits, "features": [a, b]})
-
-    def one_update(strategy, method_name, options, poison=False):
-        with strategy.scope():
-            student, teacher = toy(1), toy(2)
-            method = build_method(method_name, **options)
-            distiller = Distiller(student, method, teacher, steps_in_epoch=10)
-            distiller.build((None, 8, 8, 3))
-            distiller.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True))
-        rng = np.random.default_rng(0)
-        images = rng.normal(size=(8, 8, 8, 3)).astype("float32")
-        if poison:
-            images[5] = np.nan
-        labels = rng.integers(0, 3, size=8)
-        data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8)
-        initial = [v.numpy().tolist() for v in student.trainable_variables]
-        distiller.fit(data, epochs=1, verbose=0)
-        return initial, [v.numpy().tolist() for v in student.trainable_variables]
-
-    mirrored = make_strategy("mirrored")
-    assert mirrored.num_replicas_in_sync == 2
-    out = {}
-    for name, options in [("soft_logits", {}), ("svd", {"clip_scale": 1e6})]:
-        out[name] = [one_update(tf.distribute.get_strategy(), name, options)[1],
-                     one_update(mirrored, name, options)[1]]
-    out["nan_batch_is_skipped"] = one_update(mirrored, "none", {}, poison=True)
-    json.dump(out, sys.stdout)
-""")
-
-
-def test_mirrored_strategy_on_two_cpus_gives_the_single_device_update():
-    """Also: a batch with a NaN image on one replica is skipped on both."""
-    result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], cwd=REPO, capture_output=True,
-                            text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    for name, (single, mirrored) in json.loads(result.stdout).items():
-        for a, b in zip(single, mirrored):
-            np.testing.assert_allclose(np.array(b), np.array(a), rtol=1e-4, atol=1e-6, err_msg=name)
 
 
 @pytest.mark.parametrize("argv,message", [

@@ -1,6 +1,7 @@
 """Pieces every family shares: initialisers, weight decay, slim's batch norm and the
 two-headed output."""
 import keras
+import tensorflow as tf
 
 
 def variance_scaling(mode):
@@ -37,7 +38,9 @@ class SlimBatchNormalization(keras.layers.BatchNormalization):
     `assign_moving_average`, m <- m - (m - value) * (1 - momentum).
 
     Normalisation (training and inference) is Keras' own, with the biased batch
-    variance. With a mask or renorm, Keras' update is used unchanged.
+    variance. With a mask or renorm, Keras' update is used unchanged. With Keras'
+    `synchronized` (`synchronize_batch_norm`), the mean, the variance and n are those
+    of the global batch of all replicas.
     """
 
     def call(self, inputs, training=None, mask=None):
@@ -46,6 +49,9 @@ class SlimBatchNormalization(keras.layers.BatchNormalization):
         inputs = keras.ops.cast(inputs, keras.backend.result_type(inputs.dtype, "float32"))
         mean, variance = self._moments(inputs, None)
         count = keras.ops.cast(keras.ops.size(inputs) // keras.ops.size(mean), variance.dtype)
+        context = tf.distribute.get_replica_context()
+        if self.synchronized and context is not None:
+            count = context.all_reduce(tf.distribute.ReduceOp.SUM, count)
         corrected = variance * count / keras.ops.maximum(count - 1.0, 1.0)
         decay = 1.0 - self.momentum
         for moving, value in ((self.moving_mean, mean), (self.moving_variance, corrected)):
@@ -57,3 +63,17 @@ class SlimBatchNormalization(keras.layers.BatchNormalization):
             scale=keras.ops.cast(self.gamma, inputs.dtype) if self.scale else None,
             epsilon=self.epsilon)
         return keras.ops.cast(outputs, self.compute_dtype)
+
+
+def synchronize_batch_norm(layers, synchronized=True):
+    """Set every batch-norm layer of `layers` and of their sublayers (slim's, Keras' own,
+    those of a loaded model or of a method's heads) to compute its training statistics
+    over the global batch of all replicas (`synchronized`, Keras' option) or over its
+    replica's share (False, Keras' default). Inference, which uses the moving
+    statistics, is unchanged either way."""
+    for layer in layers:
+        # Layer._flatten_layers, which Keras' own Model.layers calls: Keras has no public
+        # listing of a layer's sublayers at every depth (nested models, lists of layers).
+        for sublayer in layer._flatten_layers():
+            if isinstance(sublayer, keras.layers.BatchNormalization):
+                sublayer.synchronized = synchronized

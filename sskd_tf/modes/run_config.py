@@ -12,7 +12,7 @@ _SAME_NAME_FIELDS = (
     "epochs", "batch_size", "learning_rate",
     "lr_decay_rate", "weight_decay", "train_dir", "teacher_weights", "seed", "strategy", "jit",
     "mixed_precision", "deterministic", "max_consecutive_skips", "overwrite", "take_train",
-    "take_test", "optimizer", "keras_batch_norm",
+    "take_test", "optimizer", "keras_batch_norm", "sync_batch_norm",
 )
 # RunConfig fields set from flags of another form (see config_from_flags), and those no
 # flag sets (verbose follows absl's own --verbosity).

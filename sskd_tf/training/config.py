@@ -42,6 +42,7 @@ class RunConfig:
     teacher_weights: str = None
     seed: int = 0
     strategy: str = "default"
+    sync_batch_norm: bool = False
     jit: bool = False
     mixed_precision: str = "none"
     deterministic: bool = False

@@ -135,7 +135,8 @@ def build_distiller(config, method, teacher, student, cut):
         cut, init_epochs=method.init_epochs)
     optimizer = build_optimizer(config.optimizer or recipe.optimizer, schedule,
                                 momentum=recipe.momentum, nesterov=recipe.nesterov)
-    distiller = Distiller(student, method, teacher, epoch_cut=cut, clip_rule=recipe.clip_rule)
+    distiller = Distiller(student, method, teacher, epoch_cut=cut, clip_rule=recipe.clip_rule,
+                          sync_batch_norm=config.sync_batch_norm)
     distiller.build((None,) + tuple(student.input_shape[1:]))
     distiller.compile(optimizer=optimizer, jit_compile=config.jit)
     optimizer.build(distiller.trainable_variables)
