@@ -235,6 +235,7 @@ def test_the_flag_reaches_the_distiller_of_a_run_and_is_off_by_default():
     import flags  # noqa: F401  (defines the project's flags)
     from sskd_tf.modes.run_config import config_from_flags
     from sskd_tf.training.run import build_distiller
+    from sskd_tf.training.schedule import EpochCut
 
     for argv, expected in ((["main.py", "--dataset=digits"], False),
                            (["main.py", "--dataset=digits", "--sync_batch_norm"], True)):
@@ -242,5 +243,6 @@ def test_the_flag_reaches_the_distiller_of_a_run_and_is_off_by_default():
         flag_values(argv)
         config = config_from_flags(flag_values).resolved()
         student = models.build_model("resnet8", 10, input_shape=(8, 8, 3))
-        distiller = build_distiller(config, build_method("none"), None, student, steps_in_epoch=3)
+        distiller = build_distiller(config, build_method("none"), None, student,
+                                    EpochCut.of_steps(3))
         assert config.sync_batch_norm is expected and distiller.sync_batch_norm is expected
