@@ -1,6 +1,13 @@
 """Mistakes a user can fix are one line and exit status 2, never an internal error:
 each case names the file or the value that is wrong and what is allowed."""
-from main_cli import main_error
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from main_cli import ERROR_PREFIX, REPO, main_error
 
 
 def test_a_flagfile_that_is_not_utf8_is_one_line(tmp_path):
@@ -13,3 +20,60 @@ def test_a_flagfile_that_is_not_utf8_is_one_line(tmp_path):
     outer.write_text(f"--flagfile={flagfile}\n")
     error, _ = main_error(f"--flagfile={outer}")
     assert f"--flagfile={flagfile} is not UTF-8 text" in error
+
+
+# Any digits run: the old code trained on with these values until TensorFlow failed.
+RUN = ("--dataset=digits", "--image_size=8", "--teacher=resnet8", "--take_train=64",
+       "--take_test=32", "--batch_size=32", "--epochs=1", "--method=none")
+
+
+@pytest.mark.parametrize("flag, value, allowed", [
+    ("batch_size", "99999999999999999999", "an integer in the range [1, 2147483647]"),
+    ("image_size", "3000000000", "an integer in the range [1, 2147483647]"),
+    ("seed", "99999999999999999999", "an integer in the range [0, 4294967295]"),
+    ("seed", "-1", "an integer in the range [0, 4294967295]"),
+])
+def test_an_integer_flag_out_of_range_is_refused_at_parse_time(tmp_path, flag, value, allowed):
+    error, _ = main_error(*RUN, f"--{flag}={value}", f"--train_dir={tmp_path}")
+    assert error.endswith(f"flag --{flag}={value}: {value} is not {allowed}")
+    assert not os.listdir(tmp_path)
+
+
+def test_the_last_seed_of_a_comparison_must_be_a_seed(tmp_path):
+    error, _ = main_error(*RUN, "--mode=compare", "--seed=4294967294", "--seeds=3",
+                          f"--train_dir={tmp_path}")
+    assert "the last seed, --seed + --seeds - 1, must not exceed 4294967295" in error
+
+
+# What --help says of a flag's values, and values its checks refuse.
+HELP_RANGES = {
+    "learning_rate": ("a positive number", ("0", "-0.1")),
+    "validation_split": ("a number strictly between 0 and 1", ("0", "1")),
+    "lr_decay_points": ("each strictly between 0 and 1, increasing", ("0.6,0.3", "0.5,1")),
+    "seed": ("(an integer in the range [0, 4294967295])", ("4294967296",)),
+    "seeds": ("(an integer in the range [1, 2147483647])", ("0",)),
+    "take_train": ("(an integer in the range [1, 2147483647])", ("0",)),
+}
+
+
+def test_help_states_the_ranges_the_checks_enforce(tmp_path):
+    completed = subprocess.run([sys.executable, "main.py", "--help"], cwd=REPO,
+                               capture_output=True, text=True, timeout=60)
+    entries = {entry.split(":", 1)[0]: " ".join(entry.split())
+               for entry in re.split(r"\n  --(?:\[no\])?", completed.stdout)}
+    for flag, (stated, refused) in HELP_RANGES.items():
+        assert stated in entries[flag], entries[flag]
+        for value in refused:
+            error, _ = main_error(f"--{flag}={value}", f"--train_dir={tmp_path}")
+            assert error.startswith(f"{ERROR_PREFIX} flag --{flag}="), error
+
+
+def test_every_integer_flag_has_both_bounds():
+    import flags  # noqa: F401  (defines the flags)
+    from absl.flags import FLAGS, IntegerParser
+
+    bounded = {flag.name: (flag.parser.lower_bound, flag.parser.upper_bound)
+               for module in flags.MODULES for flag in FLAGS.get_flags_for_module(module)
+               if isinstance(flag.parser, IntegerParser)}
+    assert len(bounded) >= 13
+    assert all(None not in bounds for bounds in bounded.values()), bounded
