@@ -5,7 +5,11 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+
+from sskd_tf.data import build_datasets
+from sskd_tf.errors import UserError
 
 from main_cli import ERROR_PREFIX, REPO, main_error
 
@@ -77,3 +81,42 @@ def test_every_integer_flag_has_both_bounds():
                if isinstance(flag.parser, IntegerParser)}
     assert len(bounded) >= 13
     assert all(None not in bounds for bounds in bounded.values()), bounded
+
+
+def _image_folder(root, classes_of_split):
+    """root/<split>/<class>/<i>.png: two 8x8 PNGs per class."""
+    from PIL import Image
+
+    for split, classes in classes_of_split.items():
+        for label, name in enumerate(classes):
+            (root / split / name).mkdir(parents=True)
+            for index in range(2):
+                Image.fromarray(np.full((8, 8, 3), 40 * label + index, np.uint8)).save(
+                    root / split / name / f"{index}.png")
+    return root
+
+
+def test_a_corrupt_image_of_a_folder_dataset_is_named(tmp_path):
+    root = _image_folder(tmp_path / "images", {"train": ("cat", "dog"), "test": ("cat", "dog")})
+    truncated = root / "train" / "dog" / "1.png"
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    with pytest.raises(UserError, match=f"^{re.escape(str(truncated))} is not a readable image "
+                                        r"\(Invalid PNG.*\); replace or remove it$"):
+        build_datasets(f"folder:{root}", batch_size=2, image_size=8)
+    first = root / "train" / "cat" / "0.png"
+    first.write_text("not an image")  # read first, for the image size
+    with pytest.raises(UserError, match=f"^{re.escape(str(first))} is not a readable image "
+                                        r"\(Unknown image file format\..*\); replace or remove it$"):
+        build_datasets(f"folder:{root}", batch_size=2)
+
+
+@pytest.mark.parametrize("test_classes, differences", [
+    (("bird", "cat"), "only in train/: dog; only in test/: bird"),
+    (("bird", "cat", "dog"), "only in test/: bird"),
+])
+def test_train_and_test_folders_with_other_classes_are_refused(tmp_path, test_classes, differences):
+    root = _image_folder(tmp_path / "images", {"train": ("cat", "dog"), "test": test_classes})
+    with pytest.raises(UserError) as raised:
+        build_datasets(f"folder:{root}", batch_size=2, image_size=8)
+    assert str(raised.value) == (f"folder:{root}: train/ and test/ hold different classes "
+                                 f"({differences}); give both the same class subfolders")
