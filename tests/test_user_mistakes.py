@@ -1,15 +1,20 @@
 """Mistakes a user can fix are one line and exit status 2, never an internal error:
 each case names the file or the value that is wrong and what is allowed."""
+import builtins
+import errno
 import os
 import re
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
 
+from sskd_tf import models
 from sskd_tf.data import build_datasets
 from sskd_tf.errors import UserError
+from sskd_tf.training.teacher import load_teacher_weights
 
 from main_cli import ERROR_PREFIX, REPO, main_error
 
@@ -120,3 +125,65 @@ def test_train_and_test_folders_with_other_classes_are_refused(tmp_path, test_cl
         build_datasets(f"folder:{root}", batch_size=2, image_size=8)
     assert str(raised.value) == (f"folder:{root}: train/ and test/ hold different classes "
                                  f"({differences}); give both the same class subfolders")
+
+
+def _unreadable(monkeypatch, path):
+    """Opening `path` fails as for a file without read permission (which root, who may
+    run the tests, would read anyway)."""
+    real_open = builtins.open
+
+    def guarded_open(file, *args, **kwargs):
+        if os.fspath(file) == str(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", guarded_open)
+
+
+def _load_as(entry, path):
+    if entry == "--teacher_weights":
+        load_teacher_weights(models.build_model("resnet8", 10, (8, 8, 3)), str(path))
+    else:
+        models.build_model(str(path), 10, (8, 8, 3), role=entry.lstrip("-"))
+
+
+@pytest.mark.parametrize("entry", ["--teacher_weights", "--teacher", "--student"])
+def test_an_unreadable_keras_file_says_what_is_wrong_with_it(tmp_path, monkeypatch, entry):
+    directory = tmp_path / "a_directory.keras"
+    directory.mkdir()
+    text = tmp_path / "text.keras"
+    text.write_text("not a zip archive")
+    locked = tmp_path / "locked.keras"
+    models.build_model("resnet8", 10, (8, 8, 3)).save(locked)
+    _unreadable(monkeypatch, locked)
+    for path, problem in [
+            (directory, "it is a directory, not a .keras file"),
+            (text, "it is not a complete zip archive, as a .keras file is (truncated, or another "
+                   "kind of file); write it again with Keras' model.save"),
+            (locked, "Permission denied")]:
+        with pytest.raises(UserError) as raised:
+            _load_as(entry, path)
+        assert str(raised.value) == f"{entry}: cannot read {str(path)!r}: {problem}"
+
+
+def test_weights_h5_of_another_network_give_the_first_mismatch_with_both_shapes(tmp_path):
+    path = str(tmp_path / "resnet14.weights.h5")
+    models.build_model("resnet14", 10, (8, 8, 3)).save_weights(path)
+    teacher = models.build_model("resnet8", 10, (8, 8, 3))
+    before = [weights.copy() for weights in teacher.get_weights()]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(UserError) as raised:
+            load_teacher_weights(teacher, path)
+    assert str(raised.value) == (
+        f"--teacher_weights {path!r} does not fit resnet8: 56 weight arrays differ (the file "
+        "holds 82, resnet8 52), the first: stage1_block0_conv0 (layers/conv2d_4/vars/0, the "
+        "file's stage0_block1_conv0) is (3, 3, 64, 64) in the file, (3, 3, 64, 128) in resnet8")
+    assert not [warning for warning in caught if issubclass(warning.category, UserWarning)]
+    for old, new in zip(before, teacher.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    models.build_model("resnet8", 100, (8, 8, 3)).save_weights(path)
+    with pytest.raises(UserError, match=r"2 weight arrays differ \(the file holds 52, resnet8 52\), "
+                                        r"the first: logits \(layers/dense/vars/0\) is \(256, 100\) "
+                                        r"in the file, \(256, 10\) in resnet8$"):
+        load_teacher_weights(teacher, path)
