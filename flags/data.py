@@ -35,7 +35,7 @@ flags.DEFINE_bool("no_download", False,
                   "Never fetch CIFAR: without --data_dir, read only a prepared TFDS copy or the "
                   "Keras cache (an explicit --data_dir is never downloaded into).")
 flags.DEFINE_integer("take_train", None,
-                     "Keep only the first N training examples (quick checks, tests).", lower_bound=1,
-                     upper_bound=INT32_MAX)
+                     "Keep only the first N training examples (quick checks, tests).",
+                     lower_bound=1, upper_bound=INT32_MAX)
 flags.DEFINE_integer("take_test", None, "Keep only the first N test examples.", lower_bound=1,
                      upper_bound=INT32_MAX)

@@ -14,6 +14,8 @@ import pytest
 from sskd_tf import models
 from sskd_tf.data import build_datasets
 from sskd_tf.errors import UserError
+from sskd_tf.training.config import RunConfig
+from sskd_tf.training.run import train
 from sskd_tf.training.teacher import load_teacher_weights
 
 from main_cli import ERROR_PREFIX, REPO, main_error
@@ -187,3 +189,30 @@ def test_weights_h5_of_another_network_give_the_first_mismatch_with_both_shapes(
                                         r"the first: logits \(layers/dense/vars/0\) is \(256, 100\) "
                                         r"in the file, \(256, 10\) in resnet8$"):
         load_teacher_weights(teacher, path)
+
+
+GIB = 2**30
+TINY = dict(teacher="resnet8", dataset="digits", image_size=8, take_train=64, take_test=32,
+            batch_size=32, epochs=1, verbose=0)
+
+
+def test_a_run_that_needs_more_memory_than_there_is_is_refused_up_front(tmp_path, monkeypatch):
+    from sskd_tf.training import memory
+
+    monkeypatch.setattr(memory, "available_memory", lambda: 24 * GIB)
+    train_dir = tmp_path / "run"
+    with pytest.raises(UserError) as raised:  # before: resized the digits in 23 GB, then killed
+        train(RunConfig(method="svd", train_dir=str(train_dir), **dict(TINY, image_size=1000)))
+    assert re.fullmatch(
+        r"a run on digits at 1000x1000, batch 32, needs about \d+\.\d GiB of memory, more than "
+        r"the 24\.0 GiB available \(training the student at batch 32 \d+\.\d GiB, .*resizing "
+        r"11\.4 GiB.*\); lower --batch_size, --image_size, --take_train or --take_test",
+        str(raised.value)), str(raised.value)
+    assert not train_dir.exists()
+    normal_runs = [RunConfig(dataset="cifar100"), RunConfig(dataset="cifar10", recipe="eccv2018"),
+                   RunConfig(dataset="digits", teacher="resnet14", student="resnet8",
+                             image_size=16, batch_size=64),
+                   RunConfig(method="none", **TINY), RunConfig(method="svd", **TINY)]
+    for config in normal_runs:
+        memory.check_memory(config.resolved())
+    assert sum(memory.estimate(normal_runs[0].resolved()).values()) < 2 * GIB

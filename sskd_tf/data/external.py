@@ -139,8 +139,8 @@ def _decoded(path):
     try:
         return tf.image.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
     except tf.errors.InvalidArgumentError as error:
-        raise UserError(f"{path} is not a readable image ({_OP_ERROR_FRAME.sub('', error.message)}); "
-                        "replace or remove it") from None
+        reason = _OP_ERROR_FRAME.sub("", error.message)
+        raise UserError(f"{path} is not a readable image ({reason}); replace or remove it") from None
 
 
 def _first_image_size(directory):

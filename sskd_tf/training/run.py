@@ -27,6 +27,7 @@ from sskd_tf.training import callbacks as run_callbacks
 from sskd_tf.training import files, multi_worker
 from sskd_tf.training.config import RESULTS_FILE, log
 from sskd_tf.training.distiller import Distiller
+from sskd_tf.training.memory import check_memory
 from sskd_tf.training.optimizers import build_optimizer
 from sskd_tf.training.recipes import RECIPES
 from sskd_tf.training.schedule import learning_rate_schedule, steps_per_epoch
@@ -136,6 +137,7 @@ def train(config):
 
 
 def _train(config):
+    check_memory(config)
     _check_run_dir(config)
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
