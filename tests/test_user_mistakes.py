@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import warnings
 
 import numpy as np
@@ -216,3 +217,53 @@ def test_a_run_that_needs_more_memory_than_there_is_is_refused_up_front(tmp_path
     for config in normal_runs:
         memory.check_memory(config.resolved())
     assert sum(memory.estimate(normal_runs[0].resolved()).values()) < 2 * GIB
+
+
+def _in_thread(function, timeout):
+    """What `function()` raised, or AssertionError when it has not returned within `timeout` s."""
+    outcome = []
+
+    def run():
+        try:
+            function()
+        except BaseException as error:  # noqa: BLE001  (handed to the test)
+            outcome.append(error)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert not thread.is_alive(), f"still waiting after {timeout} s"
+    return outcome[0] if outcome else None
+
+
+def test_a_tfds_dataset_offline_gives_up_at_the_probe_deadline_and_leaves_nothing(tmp_path,
+                                                                                 monkeypatch):
+    import requests
+
+    from sskd_tf.data import cifar
+
+    tfds_dir = tmp_path / "tfds"
+    tfds_dir.mkdir()
+    never = threading.Event()
+    monkeypatch.setattr(cifar, "PROBE_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(cifar.urllib.request, "urlopen", lambda *_, **__: never.wait())
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", lambda *_, **__: never.wait())
+    load = lambda: build_datasets("tfds:mnist", data_dir=str(tfds_dir), image_size=8)
+    try:
+        error = _in_thread(load, timeout=10)
+    finally:
+        never.set()  # lets a request still waiting end, and the test process exit
+    assert isinstance(error, UserError) and "\n" not in str(error)
+    assert str(error).startswith(f"tfds:mnist: downloading and preparing it in {tfds_dir} failed "
+                                 "(TimeoutError: no answer within 0.5 s); nothing of the attempt")
+    assert list(tfds_dir.iterdir()) == []
+
+    def no_network(*_, **__):
+        raise requests.ConnectionError("Failed to resolve 'storage.googleapis.com'")
+
+    monkeypatch.setattr(cifar, "probe_url", lambda url: None)
+    monkeypatch.setattr(requests.adapters.HTTPAdapter, "send", no_network)
+    error = _in_thread(load, timeout=60)
+    assert isinstance(error, UserError), error
+    assert "(ConnectionError: Failed to resolve 'storage.googleapis.com')" in str(error)
+    assert list(tfds_dir.iterdir()) == []  # TFDS left downloads/mnist/*.tmp.*/ and mnist/

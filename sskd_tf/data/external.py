@@ -8,8 +8,10 @@ training split (`pipeline.normalization`), not CIFAR's constants.
 - tfds: the splits, classes and image size come from the TFDS metadata; "train" is the
   training split and "test" (else "validation") the held-out one; a dataset with
   neither is split by `validation_split`. Unless `download=False`, an unprepared
-  dataset is downloaded and prepared as TFDS does by default. Images of varying size
-  need `image_size`.
+  dataset is downloaded and prepared as TFDS does by default, behind the probe of its
+  addresses that CIFAR's download has (data/cifar.py): offline it fails within
+  `cifar.PROBE_TIMEOUT_S`, and a failed attempt leaves nothing in the data dir.
+  Images of varying size need `image_size`.
 - folder: `<dir>/train/<class>/` and `<dir>/test/<class>/` (the same classes) when both
   exist, else `<dir>/<class>/` with `validation_split` of it held out (fixed by `seed`);
   read by `keras.utils.image_dataset_from_directory`, at `image_size` or the size of
@@ -20,6 +22,7 @@ import re
 
 import numpy as np
 
+from sskd_tf.data import cifar
 from sskd_tf.data.catalog import DATASET_KINDS, DatasetInfo, DatasetSource
 from sskd_tf.errors import UserError
 
@@ -99,13 +102,18 @@ def tfds_source(name, data_dir=None, image_size=None, download=True, validation_
             if not download:
                 raise UserError(f"tfds:{name} is not prepared in {builder.data_dir} and "
                                 "downloads are off (--no_download)")
+            manual_dir = os.path.join(builder.data_dir_root, "downloads", "manual")
+            if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not (os.path.isdir(manual_dir)
+                                                             and os.listdir(manual_dir)):
+                raise UserError(f"tfds:{name} cannot be downloaded by TFDS: put its files in "
+                                f"{manual_dir} as its TFDS catalog page says, and run again")
             try:
-                builder.download_and_prepare()
-            except Exception as error:  # network and server errors of any kind
-                raise UserError(f"tfds:{name}: downloading and preparing into "
-                                f"{builder.data_dir} failed ({type(error).__name__}: "
-                                f"{str(error).splitlines()[0] if str(error) else 'no detail'})"
-                                ) from None
+                cifar.prepare_with_tfds(builder)
+            except cifar.download_failures() as error:
+                raise UserError(f"tfds:{name}: downloading and preparing it in "
+                                f"{builder.data_dir_root} failed ({cifar.first_line(error)}); "
+                                "nothing of the attempt is left there: check the network and "
+                                "run again, or pass --data_dir=DIR with it prepared") from None
         read = lambda split: _stack(_resized(builder.as_dataset(split=split, as_supervised=True),
                                              image_size))
         train_images, train_labels = read("train")
