@@ -267,3 +267,37 @@ def test_a_tfds_dataset_offline_gives_up_at_the_probe_deadline_and_leaves_nothin
     assert isinstance(error, UserError), error
     assert "(ConnectionError: Failed to resolve 'storage.googleapis.com')" in str(error)
     assert list(tfds_dir.iterdir()) == []  # TFDS left downloads/mnist/*.tmp.*/ and mnist/
+
+
+# main.py with its run replaced by one that fails mid-epoch, after a Keras progress bar,
+# in a process that prints warnings on stderr while it exits (as TensorFlow may).
+FAILS_MID_EPOCH = """
+import atexit, os, runpy, sys
+from absl import logging
+from sskd_tf import quiet_start
+quiet_start.import_tensorflow_quietly()
+from sskd_tf import modes
+from sskd_tf.errors import UserError
+
+def fails_mid_epoch(mode, flag_values):
+    import keras
+
+    keras.utils.Progbar(4).update(1)
+    atexit.register(lambda: (logging.warning("a warning at exit"),
+                             os.write(2, b"W tensorflow/core/at_exit.cc:1] at exit\\n")))
+    raise UserError("the disk is full")
+
+modes.run = fails_mid_epoch
+sys.argv = ["main.py"]
+runpy.run_path("main.py", run_name="__main__")
+"""
+
+
+def test_the_error_line_starts_on_a_fresh_line_and_nothing_follows_it():
+    completed = subprocess.run([sys.executable, "-c", FAILS_MID_EPOCH], cwd=REPO, timeout=300,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert completed.returncode == 2, completed.stdout[-2000:]
+    assert "Traceback" not in completed.stdout
+    bar, error = completed.stdout.rstrip("\n").rsplit("\n", 1)
+    assert "1/4" in bar and error == f"{ERROR_PREFIX} the disk is full", completed.stdout[-2000:]
+    assert completed.stdout.endswith("\n") and completed.stdout.count(ERROR_PREFIX) == 1
