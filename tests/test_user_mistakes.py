@@ -301,3 +301,18 @@ def test_the_error_line_starts_on_a_fresh_line_and_nothing_follows_it():
     bar, error = completed.stdout.rstrip("\n").rsplit("\n", 1)
     assert "1/4" in bar and error == f"{ERROR_PREFIX} the disk is full", completed.stdout[-2000:]
     assert completed.stdout.endswith("\n") and completed.stdout.count(ERROR_PREFIX) == 1
+
+
+def test_a_corrupt_image_and_weights_of_another_network_through_main_py(tmp_path):
+    root = _image_folder(tmp_path / "images", {"train": ("cat", "dog"), "test": ("cat", "dog")})
+    truncated = root / "test" / "cat" / "0.png"
+    truncated.write_bytes(truncated.read_bytes()[:40])
+    error, _ = main_error(f"--dataset=folder:{root}", "--image_size=8", "--teacher=resnet8",
+                          "--method=none", "--batch_size=2", f"--train_dir={tmp_path / 'run'}")
+    assert error.startswith(f"{ERROR_PREFIX} {truncated} is not a readable image (Invalid PNG")
+    weights = tmp_path / "resnet14.weights.h5"
+    models.build_model("resnet14", 10, (8, 8, 3)).save_weights(weights)
+    error, completed = main_error(*RUN[:-1], "--method=soft_logits", f"--teacher_weights={weights}",
+                                  f"--train_dir={tmp_path / 'run'}")
+    assert "does not fit resnet8: 56 weight arrays differ" in error and "(3, 3, 64, 64)" in error
+    assert "Warning" not in completed.stderr, completed.stderr[-2000:]
