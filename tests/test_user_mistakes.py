@@ -205,9 +205,10 @@ def test_a_run_that_needs_more_memory_than_there_is_is_refused_up_front(tmp_path
     with pytest.raises(UserError) as raised:  # before: resized the digits in 23 GB, then killed
         train(RunConfig(method="svd", train_dir=str(train_dir), **dict(TINY, image_size=1000)))
     assert re.fullmatch(
-        r"a run on digits at 1000x1000, batch 32, needs about \d+\.\d GiB of memory, more than "
-        r"the 24\.0 GiB available \(training the student at batch 32 \d+\.\d GiB, .*resizing "
-        r"11\.4 GiB.*\); lower --batch_size, --image_size, --take_train or --take_test",
+        r"a run on digits \(--image_size=1000, --batch_size=32\) needs about \d+\.\d GiB of "
+        r"memory, more than the 24\.0 GiB available \(training the student at batch 32 "
+        r"\d+\.\d GiB, .*resizing 11\.4 GiB.*\); lower --batch_size, --image_size, --take_train "
+        r"or --take_test",
         str(raised.value)), str(raised.value)
     assert not train_dir.exists()
     normal_runs = [RunConfig(dataset="cifar100"), RunConfig(dataset="cifar10", recipe="eccv2018"),

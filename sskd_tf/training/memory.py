@@ -125,9 +125,9 @@ def check_memory(config):
     if available is None or need <= available:
         return
     flags = list(dict.fromkeys(flag for (_, kind), _ in parts for flag in _LOWERED_BY[kind]))
-    size = config.image_size or datasets.get_dataset_info(config.dataset).image_shape[0]
+    image_size = f"--image_size={config.image_size}, " if config.image_size else ""
     raise UserError(
-        f"a run on {config.dataset} at {size}x{size}, batch {config.batch_size}, needs about "
+        f"a run on {config.dataset} ({image_size}--batch_size={config.batch_size}) needs about "
         f"{_amount(need)} of memory, more than the {_amount(available)} available ("
         + ", ".join(f"{part} {_amount(size)}" for (part, _), size in parts)
         + f"); lower {', '.join(flags[:-1])} or {flags[-1]}")
