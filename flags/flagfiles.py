@@ -34,9 +34,10 @@ def _lines(path):
     try:
         text = content.decode(encoding)
     except UnicodeDecodeError as error:
-        line = content.count(b"\n", 0, error.start) + 1
-        raise flags.Error(f"--flagfile={path} is not {encoding} text: line {line} holds the byte "
-                          f"0x{content[error.start]:02x}; save the file as {encoding}") from None
+        line_number = content.count(b"\n", 0, error.start) + 1
+        raise flags.Error(f"--flagfile={path} is not {encoding} text: line {line_number} holds "
+                          f"the byte 0x{content[error.start]:02x}; save the file as {encoding}"
+                          ) from None
     return [line for line in text.splitlines() if not line.lstrip().startswith(("#", "//"))]
 
 
