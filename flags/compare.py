@@ -1,8 +1,8 @@
 """`--mode=compare` flags: which methods, how many seeds."""
 from absl import flags
 
-from flags.common import INT32_MAX, SEED_MAX
 from sskd_tf.distill.names import METHOD_NAMES
+from sskd_tf.limits import INT32_MAX, SEED_MAX
 
 flags.DEFINE_list("methods", list(METHOD_NAMES),
                   "--mode=compare: the methods to train with the same teacher and seeds, "

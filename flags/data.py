@@ -3,8 +3,8 @@ import os
 
 from absl import flags
 
-from flags.common import INT32_MAX
 from sskd_tf.data.names import DATASET_KINDS, DATASET_NAMES, DEFAULT_DATASET, is_dataset_name
+from sskd_tf.limits import INT32_MAX
 
 flags.DEFINE_string("dataset", DEFAULT_DATASET,
                     "cifar100 / cifar10: from --data_dir, else from a prepared TFDS copy or the "

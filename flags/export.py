@@ -1,7 +1,7 @@
 """LiteRT export flags: --mode=export, or --export after a training run."""
 from absl import flags
 
-from flags.common import INT32_MAX
+from sskd_tf.limits import INT32_MAX
 
 flags.DEFINE_bool("export", False, "After training, export the student to LiteRT float32, float16 "
                   "and int8 and measure them, as --mode=export does (train and teacher modes).")

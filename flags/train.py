@@ -2,7 +2,7 @@
 unset take the recipe's value (docs/method.md section 5)."""
 from absl import flags
 
-from flags.common import INT32_MAX
+from sskd_tf.limits import INT32_MAX
 from sskd_tf.training.recipes import OPTIMIZER_NAMES, RECIPES, decay_points
 
 STRATEGIES = ("default", "mirrored", "multi_worker")

@@ -2,7 +2,7 @@
 (docs/tuning.md). The method, models, dataset and recipe flags apply as in training."""
 from absl import flags
 
-from flags.common import INT32_MAX
+from sskd_tf.limits import INT32_MAX
 
 TUNERS = ("random", "bayesian", "hyperband")
 
