@@ -11,7 +11,9 @@ stopped because its steps kept failing, with exit status 1; an interrupted run
 (SIGINT: 130, SIGTERM: 143; a training run saves its checkpoint first), with 128 plus
 the signal's number. Any other exception is a bug of ours: one line saying so, exit
 status 1, and its traceback in `--train_dir`/error.log (a temporary file when that
-directory is not given or cannot be written).
+directory is not given or cannot be written). That line starts on a line of its own
+(after a progress bar cut off mid-epoch) and is the last: what TensorFlow or the
+interpreter would print on stderr while exiting is discarded.
 """
 import os
 import signal
@@ -35,8 +37,32 @@ HELP_ARGUMENTS = ("-?", "-h", "--help", "--helpshort")
 ERROR_LOG = "error.log"
 
 
+class LineTrackingStream:
+    """A text stream (sys.stdout) that remembers whether its last line is unfinished, as a
+    Keras progress bar is until its epoch ends."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.line_open = False
+
+    def write(self, text):
+        if text:
+            self.line_open = not text.endswith("\n")
+        return self.stream.write(text)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
 def _fail(message, status=USAGE_ERROR, limit=MESSAGE_LIMIT):
+    if getattr(sys.stdout, "line_open", False):
+        sys.stdout.write("\n")
+    sys.stdout.flush()
     sys.stderr.write(f"main.py: error: {one_line(message, limit)}\n")
+    sys.stderr.flush()
+    discard = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(discard, 2)  # the error line stays the last on stderr
+    os.close(discard)
     sys.exit(status)
 
 
@@ -102,4 +128,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    sys.stdout = LineTrackingStream(sys.stdout)
     app.run(main, flags_parser=parse_flags)

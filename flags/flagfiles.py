@@ -1,5 +1,7 @@
 """--flagfile checks absl leaves out: absl skips a flagfile that includes itself
-(directly or through others) with a log line and runs on; here it is an error."""
+(directly or through others) with a log line and runs on, and stops with a traceback
+at a file that is not text of the locale's encoding; here both are one-line errors."""
+import locale
 import os
 
 from absl import flags
@@ -21,15 +23,26 @@ def _flagfiles(arguments):
 
 
 def _lines(path):
+    """The lines of flagfile `path` that are not comments, decoded as absl decodes them
+    (the locale's encoding); flags.Error naming the first undecodable byte's line."""
     try:
-        with open(path) as handle:
-            return [line for line in handle if not line.lstrip().startswith(("#", "//"))]
-    except (OSError, UnicodeDecodeError):
+        with open(path, "rb") as handle:
+            content = handle.read()
+    except OSError:
         return []  # absl reports a file it cannot read
+    encoding = locale.getpreferredencoding(False)
+    try:
+        text = content.decode(encoding)
+    except UnicodeDecodeError as error:
+        line_number = content.count(b"\n", 0, error.start) + 1
+        raise flags.Error(f"--flagfile={path} is not {encoding} text: line {line_number} holds "
+                          f"the byte 0x{content[error.start]:02x}; save the file as {encoding}"
+                          ) from None
+    return [line for line in text.splitlines() if not line.lstrip().startswith(("#", "//"))]
 
 
 def check_flagfiles(argv):
-    """Raise flags.Error when a flagfile named in `argv` includes itself."""
+    """Raise flags.Error when a flagfile named in `argv` includes itself or is not text."""
     def visit(path, chain):
         real = os.path.realpath(os.path.expanduser(path))
         if real in chain:

@@ -2,6 +2,7 @@
 unset take the recipe's value (docs/method.md section 5)."""
 from absl import flags
 
+from sskd_tf.limits import INT32_MAX
 from sskd_tf.training.recipes import EPOCH_CUTS, OPTIMIZER_NAMES, RECIPES, decay_points
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -15,11 +16,15 @@ flags.DEFINE_enum("epoch_cut", None, EPOCH_CUTS,
                   "passes, epoch floor(step*B/N), int(E*N/B)+1 steps; eccv2018: full batches, "
                   "int(N/B) steps an epoch, int(E*N/B) steps; pass: one pass an epoch, its "
                   "last batch partial (ceil(N/B) steps).")
-flags.DEFINE_integer("epochs", None, "Training epochs (recipe: 100 / 200).", lower_bound=1)
-flags.DEFINE_integer("batch_size", None, "Global training batch (recipe: 128).", lower_bound=1)
-flags.DEFINE_float("learning_rate", None, "Initial learning rate (recipe: 0.1 / 0.01).", lower_bound=0.0)
+flags.DEFINE_integer("epochs", None, "Training epochs (recipe: 100 / 200).", lower_bound=1,
+                     upper_bound=INT32_MAX)
+flags.DEFINE_integer("batch_size", None, "Global training batch (recipe: 128).", lower_bound=1,
+                     upper_bound=INT32_MAX)
+flags.DEFINE_float("learning_rate", None,
+                   "Initial learning rate, a positive number (recipe: 0.1 / 0.01).")
 flags.DEFINE_list("lr_decay_points", None,
-                  "Fractions of the epochs at which the learning rate decays (recipe: 0.3,0.6,0.8).")
+                  "Fractions of the epochs at which the learning rate decays, each strictly "
+                  "between 0 and 1, increasing (recipe: 0.3,0.6,0.8).")
 flags.DEFINE_float("lr_decay_rate", None, "Learning-rate factor at each decay point (recipe: 0.1).",
                    lower_bound=0.0)
 flags.DEFINE_float("weight_decay", None, "L2 weight decay (recipe: 5e-4 / 1e-4).", lower_bound=0.0)
@@ -48,7 +53,7 @@ flags.DEFINE_bool("deterministic", False,
                   "TensorFlow op determinism: with --seed, two runs give identical weights.")
 flags.DEFINE_integer("max_consecutive_skips", 20,
                      "Steps with a non-finite loss or gradient are skipped; stop the run after "
-                     "this many in a row.", lower_bound=1)
+                     "this many in a row.", lower_bound=1, upper_bound=INT32_MAX)
 flags.DEFINE_bool("overwrite", False, "Replace a finished run in --train_dir.")
 
 

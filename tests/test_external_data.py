@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from sskd_tf.data import build_datasets
+from sskd_tf.data import build_datasets, cifar
 from sskd_tf.data.recipes import AUGMENTATIONS, padding
 from sskd_tf.errors import UserError
 
@@ -79,7 +79,8 @@ def test_a_folder_without_class_subfolders_is_one_line(tmp_path):
         build_datasets(f"folder:{tmp_path}")
 
 
-def test_tfds_dataset_from_metadata_with_mock_data():
+def test_tfds_dataset_from_metadata_with_mock_data(monkeypatch):
+    monkeypatch.setattr(cifar, "probe_url", lambda url: None)  # the mock downloads nothing
     with tfds.testing.mock_data(num_examples=12):
         train_ds, val_ds, info = build_datasets("tfds:mnist", batch_size=5, image_size=20)
         with pytest.raises(UserError, match=r"tfds:mnist is not prepared .* downloads are off"):

@@ -21,6 +21,9 @@ The download cannot hang on a machine without network: the address is first aske
 headers with a `PROBE_TIMEOUT_S` deadline that covers the name lookup too, and a failure
 there or in TFDS's download ends with one line naming what was tried and why it failed. (TFDS
 sets no timeout on the transfer itself; once it has started, its progress bar shows it.)
+What a failed or interrupted attempt wrote in the TFDS data dir (TFDS leaves its downloads'
+temporary folders and the dataset's empty folders) is removed. `prepare_with_tfds` does the
+same for any TFDS dataset (`tfds:<name>`, data/external.py).
 TFDS shuffles examples when it prepares a dataset, so its order differs from the archive's;
 both orders are fixed, but `take_train` picks different images from the two sources.
 
@@ -32,8 +35,10 @@ import functools
 import os
 import pickle
 import queue
+import shutil
 import tarfile
 import threading
+import urllib.parse
 import urllib.request
 from typing import Tuple
 
@@ -196,34 +201,81 @@ def probe_url(url, timeout=None):
         raise error
 
 
-def _first_line(error):
+def first_line(error):
+    """`TypeName: first line of the message` of an exception."""
     text = str(error).strip()
     return f"{type(error).__name__}: {text.splitlines()[0]}" if text else type(error).__name__
+
+
+def download_failures():
+    """What a failed download raises: socket and HTTP errors (requests' are OSErrors too),
+    TFDS's failed-status error and its checksum mismatch (a truncated or altered archive)."""
+    import tensorflow_datasets as tfds
+    from tensorflow_datasets.core.download import download_manager
+
+    return OSError, tfds.download.DownloadError, download_manager.NonMatchingChecksumError
+
+
+def _tfds_paths(builder):
+    """The paths under the TFDS data dir that a download_and_prepare of `builder` writes in:
+    the data dir, its dataset's folder and download folder with all they hold, and the
+    shared download folders with their first level."""
+    root = os.fspath(builder.data_dir_root)
+    downloads = os.path.join(root, "downloads")
+    found = set()
+    for top in (root, downloads, os.path.join(downloads, "extracted"),
+                os.path.join(downloads, "manual")):
+        if os.path.isdir(top):
+            found.update([top] + [os.path.join(top, entry) for entry in os.listdir(top)])
+    for top in (os.path.join(root, builder.name), os.path.join(downloads, builder.name)):
+        found.update(os.path.join(folder, entry) for folder, folders, files in os.walk(top)
+                     for entry in folders + files)
+    return found
+
+
+def _remove_new(builder, before):
+    """Remove what is under `_tfds_paths(builder)` now and was not in `before`."""
+    new = _tfds_paths(builder) - before
+    for path in sorted(path for path in new if os.path.dirname(path) not in new):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.remove(path)
+
+
+def prepare_with_tfds(builder, download_config=None):
+    """Download and prepare `builder`'s dataset with TFDS after probing one of its
+    addresses on each host (`probe_url`); when that fails or is interrupted, what this
+    attempt wrote in the TFDS data dir is removed and the error raised again."""
+    hosts = {}
+    for url in sorted(builder.url_infos or {}):
+        hosts.setdefault(urllib.parse.urlsplit(url).netloc, url)
+    before = _tfds_paths(builder)
+    try:
+        for url in hosts.values():
+            probe_url(url)
+        builder.download_and_prepare(download_config=download_config)
+    except BaseException:
+        _remove_new(builder, before)
+        raise
 
 
 def download_tfds_copy(name, tfds_dir):
     """Downloads and prepares `name` in `tfds_dir` with TFDS, then reads it; a failure of the
     network or the download raises a one-line UserError."""
     import tensorflow_datasets as tfds
-    from tensorflow_datasets.core.download import download_manager
 
     builder = tfds.builder(name, data_dir=tfds_dir)
     urls = sorted(builder.url_infos or {})
     size_mib = sum(info.size for info in (builder.url_infos or {}).values()) / 2**20
     print(f"Downloading {name} ({size_mib:.0f} MiB) from {', '.join(urls)} with TFDS, to "
           f"prepare it once in {tfds_dir}", flush=True)
-    # What a network failure raises: socket and HTTP errors (requests' are OSErrors too),
-    # TFDS's failed-status error and its checksum mismatch (a truncated or altered archive).
-    failures = (OSError, tfds.download.DownloadError, download_manager.NonMatchingChecksumError)
     try:
-        for url in urls:
-            probe_url(url)
-        builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-    except failures as error:
+        prepare_with_tfds(builder, tfds.download.DownloadConfig(try_download_gcs=False))
+    except download_failures() as error:
         raise UserError(
             f"{name} data not found and its download failed: tried TFDS's download of "
-            f"{', '.join(urls)} into {tfds_dir}: {_first_line(error)}; pass --data_dir=DIR "
+            f"{', '.join(urls)} into {tfds_dir}: {first_line(error)}; pass --data_dir=DIR "
             f"holding {LAYOUTS[name].archive} or a TFDS data dir with {name} prepared, or use "
             "--dataset=digits (bundled with the repo)") from None
     print(f"{name} is prepared in {builder.data_dir}; later runs read it from there", flush=True)

@@ -8,17 +8,21 @@ training split (`pipeline.normalization`), not CIFAR's constants.
 - tfds: the splits, classes and image size come from the TFDS metadata; "train" is the
   training split and "test" (else "validation") the held-out one; a dataset with
   neither is split by `validation_split`. Unless `download=False`, an unprepared
-  dataset is downloaded and prepared as TFDS does by default. Images of varying size
-  need `image_size`.
-- folder: `<dir>/train/<class>/` and `<dir>/test/<class>/` when both exist, else
-  `<dir>/<class>/` with `validation_split` of it held out (fixed by `seed`);
+  dataset is downloaded and prepared as TFDS does by default, behind the probe of its
+  addresses that CIFAR's download has (data/cifar.py): offline it fails within
+  `cifar.PROBE_TIMEOUT_S`, and a failed attempt leaves nothing in the data dir.
+  Images of varying size need `image_size`.
+- folder: `<dir>/train/<class>/` and `<dir>/test/<class>/` (the same classes) when both
+  exist, else `<dir>/<class>/` with `validation_split` of it held out (fixed by `seed`);
   read by `keras.utils.image_dataset_from_directory`, at `image_size` or the size of
-  the first image.
+  the first image. A file that is not a whole image is named in a UserError.
 """
 import os
+import re
 
 import numpy as np
 
+from sskd_tf.data import cifar
 from sskd_tf.data.catalog import DATASET_KINDS, DatasetInfo, DatasetSource
 from sskd_tf.errors import UserError
 
@@ -26,19 +30,17 @@ HELD_OUT_SPLITS = ("test", "validation")
 
 
 def _stack(dataset):
-    """uint8 RGB image array and int64 label array of a (image, label) tf.data.Dataset."""
-    import tensorflow as tf
-
+    """uint8 RGB image array and int64 label array of a (image, label) tf.data.Dataset;
+    each batch is converted as it comes, so that no float copy of the whole set is held."""
     images, labels = [], []
     for batch_images, batch_labels in dataset.batch(256).as_numpy_iterator():
-        images.append(batch_images)
+        if batch_images.shape[-1] == 1:
+            batch_images = np.repeat(batch_images, 3, axis=-1)
+        images.append(np.clip(np.rint(batch_images), 0, 255).astype(np.uint8))
         labels.append(batch_labels)
     if not images:
         return np.zeros((0, 1, 1, 3), np.uint8), np.zeros((0,), np.int64)
-    images = np.concatenate(images)
-    if images.shape[-1] == 1:
-        images = np.asarray(tf.image.grayscale_to_rgb(tf.constant(images)))
-    return np.clip(np.rint(images), 0, 255).astype(np.uint8), np.concatenate(labels).astype(np.int64)
+    return np.concatenate(images), np.concatenate(labels).astype(np.int64)
 
 
 def _resized(dataset, image_size):
@@ -100,13 +102,18 @@ def tfds_source(name, data_dir=None, image_size=None, download=True, validation_
             if not download:
                 raise UserError(f"tfds:{name} is not prepared in {builder.data_dir} and "
                                 "downloads are off (--no_download)")
+            manual_dir = os.path.join(builder.data_dir_root, "downloads", "manual")
+            if builder.MANUAL_DOWNLOAD_INSTRUCTIONS and not (os.path.isdir(manual_dir)
+                                                             and os.listdir(manual_dir)):
+                raise UserError(f"tfds:{name} cannot be downloaded by TFDS: put its files in "
+                                f"{manual_dir} as its TFDS catalog page says, and run again")
             try:
-                builder.download_and_prepare()
-            except Exception as error:  # network and server errors of any kind
-                raise UserError(f"tfds:{name}: downloading and preparing into "
-                                f"{builder.data_dir} failed ({type(error).__name__}: "
-                                f"{str(error).splitlines()[0] if str(error) else 'no detail'})"
-                                ) from None
+                cifar.prepare_with_tfds(builder)
+            except cifar.download_failures() as error:
+                raise UserError(f"tfds:{name}: downloading and preparing it in "
+                                f"{builder.data_dir_root} failed ({cifar.first_line(error)}); "
+                                "nothing of the attempt is left there: check the network and "
+                                "run again, or pass --data_dir=DIR with it prepared") from None
         read = lambda split: _stack(_resized(builder.as_dataset(split=split, as_supervised=True),
                                              image_size))
         train_images, train_labels = read("train")
@@ -128,15 +135,37 @@ def _class_folders(directory):
                   if os.path.isdir(os.path.join(directory, entry)))
 
 
-def _first_image_size(directory):
+# The parts of a TensorFlow op error around its message: "{{function_node ...}} " and " [Op:...".
+_OP_ERROR_FRAME = re.compile(r"^\{\{.*?\}\}\s*|\s*\[Op:.*$", re.S)
+
+
+def _decoded(path):
+    """The image file `path` decoded as image_dataset_from_directory decodes it; a
+    UserError naming it when it is empty, truncated or not an image."""
     import tensorflow as tf
 
+    try:
+        return tf.image.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+    except tf.errors.InvalidArgumentError as error:
+        reason = _OP_ERROR_FRAME.sub("", error.message)
+        raise UserError(f"{path} is not a readable image ({reason}); replace or remove it") from None
+
+
+def _first_image_size(directory):
     for root, _, names in sorted(os.walk(directory)):
         for file_name in sorted(names):
             if file_name.lower().endswith((".png", ".jpg", ".jpeg", ".bmp", ".gif")):
-                shape = tf.image.decode_image(tf.io.read_file(os.path.join(root, file_name))).shape
-                return int(shape[0])
+                return int(_decoded(os.path.join(root, file_name)).shape[0])
     raise UserError(f"folder:{directory} holds no .png, .jpg, .jpeg, .bmp or .gif image")
+
+
+def _check_same_classes(directory, train_classes, test_classes):
+    if train_classes != test_classes:
+        only = [f"only in {split}/: {', '.join(sorted(names))}" for split, names in
+                (("train", set(train_classes) - set(test_classes)),
+                 ("test", set(test_classes) - set(train_classes))) if names]
+        raise UserError(f"folder:{directory}: train/ and test/ hold different classes "
+                        f"({'; '.join(only)}); give both the same class subfolders")
 
 
 def folder_source(directory, data_dir=None, image_size=None, download=True,
@@ -152,15 +181,23 @@ def folder_source(directory, data_dir=None, image_size=None, download=True,
     if len(class_names) < 2:
         raise UserError(f"folder:{directory} needs one subfolder per class (at least 2), "
                         f"found {len(class_names)}")
+    if presplit:
+        _check_same_classes(directory, class_names, _class_folders(split_dirs[1]))
     size = image_size or _first_image_size(class_root)
 
     def read(path):
         import keras
+        import tensorflow as tf
 
         dataset = keras.utils.image_dataset_from_directory(
             path, labels="inferred", label_mode="int", class_names=class_names,
             image_size=(size, size), batch_size=None, shuffle=False, verbose=False)
-        return _stack(dataset)
+        try:
+            return _stack(dataset)
+        except tf.errors.InvalidArgumentError:
+            for file_path in dataset.file_paths:  # the failure does not say which file it was
+                _decoded(file_path)
+            raise
 
     def load(_data_dir=None, _download=False):
         if presplit:

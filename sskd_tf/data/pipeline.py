@@ -115,14 +115,20 @@ def array_digest(*arrays):
     return digest.hexdigest()
 
 
-def resize(images, image_size, chunk=1024):
-    """uint8 images resized (bilinear) to image_size x image_size; unchanged when None or
-    already that size."""
+# Images resized at once: the float32 result of one chunk is the resize's only float copy.
+RESIZE_CHUNK = 1024
+
+
+def resize(images, image_size, chunk=RESIZE_CHUNK):
+    """uint8 images resized (bilinear) to image_size x image_size, `chunk` images at a
+    time; unchanged when None or already that size."""
     if image_size is None or tuple(images.shape[1:3]) == (image_size, image_size):
         return images
-    parts = [np.asarray(tf.image.resize(images[start:start + chunk], (image_size, image_size)))
-             for start in range(0, len(images), chunk)]
-    return np.clip(np.rint(np.concatenate(parts)), 0, 255).astype(np.uint8)
+    return np.concatenate([
+        np.clip(np.rint(np.asarray(tf.image.resize(images[start:start + chunk],
+                                                   (image_size, image_size)))), 0, 255)
+        .astype(np.uint8)
+        for start in range(0, len(images), chunk)])
 
 
 def cache_dir():

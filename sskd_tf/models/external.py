@@ -3,12 +3,12 @@ architecture (`keras:<ApplicationName>`, `keras:<ApplicationName>:imagenet`), gi
 the {"logits", "features"} face of the built-in networks with taps read by layer name
 (`sskd_tf.taps`). The names themselves are parsed TensorFlow-free in `names.py`."""
 import difflib
-import os
 
 import keras
 
 from sskd_tf import taps as model_taps
 from sskd_tf.errors import UserError
+from sskd_tf.models.keras_files import check_readable
 from sskd_tf.models.names import KERAS_PREFIX
 
 
@@ -17,10 +17,10 @@ def application_names():
     return sorted(name for name in dir(keras.applications) if name[:1].isupper())
 
 
-def load_keras_file(path, num_classes, input_shape):
-    """A saved model whose input takes `input_shape` and whose output has `num_classes`."""
-    if not os.path.exists(path):
-        raise UserError(f"no such model file {path!r}")
+def load_keras_file(path, num_classes, input_shape, role="model"):
+    """A saved model whose input takes `input_shape` and whose output has `num_classes`;
+    `role` (teacher, student) names its flag in errors."""
+    check_readable(path, f"--{role}" if role in ("teacher", "student") else "the model")
     try:
         model = keras.saving.load_model(path, compile=False)
     except (ValueError, OSError, TypeError) as error:
@@ -69,6 +69,6 @@ def build(spec, num_classes, input_shape, taps=(), role="model"):
     if spec.startswith(KERAS_PREFIX):
         model = build_application(spec, num_classes, input_shape)
     else:
-        model = load_keras_file(spec, num_classes, input_shape)
+        model = load_keras_file(spec, num_classes, input_shape, role)
     return model_taps.tap_model(model, taps, role) if taps or not model_taps.has_taps(model) \
         else model

@@ -33,6 +33,7 @@ from sskd_tf.training import files, identity, multi_worker
 from sskd_tf.training.config import RESULTS_FILE, log
 from sskd_tf.training.distiller import Distiller
 from sskd_tf.training.loop import fit_epochs
+from sskd_tf.training.memory import check_memory
 from sskd_tf.training.optimizers import build_optimizer
 from sskd_tf.training.recipes import RECIPES
 from sskd_tf.training.schedule import EpochCut, learning_rate_schedule
@@ -168,6 +169,7 @@ def train(config):
 
 
 def _train(config):
+    check_memory(config)
     with files.run_lock(config.train_dir):
         record = _prepare_run_dir(config)
         return _train_in(config, record)

@@ -9,6 +9,7 @@ import tensorflow as tf
 
 from sskd_tf import models
 from sskd_tf.errors import UserError
+from sskd_tf.models import keras_files
 from sskd_tf.models.mat_weights import load_mat_weights
 from sskd_tf.training.config import log
 
@@ -39,15 +40,17 @@ def weight_mismatches(model, source):
 
 def load_teacher_weights(teacher, path):
     """Weights from a Keras file (.keras / .weights.h5) or the authors' .mat; a file
-    of another architecture is refused before any weight is assigned. A .keras file
-    is read in Keras' safe mode: one holding code (a Lambda layer) or classes this
-    project does not define is refused, and nothing in it runs."""
+    of another architecture is refused before any weight is assigned, and a Keras file
+    that cannot be read is refused saying why. A .keras file is read in Keras' safe
+    mode: one holding code (a Lambda layer) or classes this project does not define is
+    refused, and nothing in it runs."""
     if not os.path.exists(path):
         raise UserError(f"--teacher_weights: no such file {path!r}")
     if path.endswith(".mat"):
         family, _ = models.parse_model_name(teacher.name)
         load_mat_weights(teacher, path, family)
     elif path.endswith(".keras"):
+        keras_files.check_readable(path, "--teacher_weights")
         try:
             saved = keras.saving.load_model(path, compile=False, safe_mode=True)
         except (ValueError, TypeError, KeyError, OSError, zipfile.BadZipFile) as error:
@@ -57,6 +60,10 @@ def load_teacher_weights(teacher, path):
             raise UserError(f"--teacher_weights {path!r} does not fit {teacher.name}: {'; '.join(problems)}")
         teacher.set_weights(saved.get_weights())
     elif path.endswith(".weights.h5"):
+        keras_files.check_readable(path, "--teacher_weights")
+        mismatch = keras_files.weights_h5_mismatch(teacher, path, "--teacher_weights")
+        if mismatch:
+            raise UserError(f"--teacher_weights {path!r} does not fit {teacher.name}: {mismatch}")
         try:
             teacher.load_weights(path)
         except (ValueError, OSError) as error:
