@@ -68,15 +68,24 @@ def teacher_identity(config):
     return {"run": identity.run_identity(teacher_run_config(config))}
 
 
+def has_started(train_dir):
+    """Whether a run in train_dir has saved anything of its training (a checkpoint, its
+    history, its results): until then its run.json records only what it was asked."""
+    return any(os.path.exists(os.path.join(train_dir, entry)) for entry in RUN_ENTRIES)
+
+
 def check_cached_teacher(config):
     """A teacher cached in train_dir/teacher/ must be the one `config` asks for: one of
     other settings is refused, or with --overwrite removed to be trained again. Nothing
-    to check when the teacher's weights come from a file."""
+    to check when the teacher's weights come from a file, or when no teacher run there
+    has started."""
     if config.teacher_weights or config.teacher.endswith(".keras"):
         return
     wanted = identity.run_identity(teacher_run_config(config))
     teacher_dir = os.path.join(config.train_dir, TEACHER_DIR)
-    if config.overwrite and os.path.isdir(teacher_dir):
+    if not has_started(teacher_dir):
+        return
+    if config.overwrite:
         record = identity.read_record(teacher_dir)
         if record is None or record["identity"] != wanted:
             with files.run_lock(teacher_dir):
@@ -180,20 +189,23 @@ def _resumable_settings(config):
 
 
 def _prepare_run_dir(config):
-    """Check the run directory before any work, and return its record (run.json):
-    a run of other settings is refused (--overwrite clears it), so is a finished run, a
-    run without a record (an earlier version's) and an unparsable checkpoint state."""
+    """Check the run directory before any work, and return its record (run.json): a
+    started run (`has_started`) of other settings is refused (--overwrite clears it), so
+    is a finished run, a started run without a record (an earlier version's) and an
+    unparsable checkpoint state. The record of a run that never started is replaced."""
     if METHODS.get(config.method).needs_teacher:
         check_cached_teacher(config)
     wanted = identity.run_identity(config, teacher_identity(config))
     if config.overwrite:
         files.clear_run(config.train_dir, keep=(TEACHER_DIR,))
-    record = identity.check_identity(config.train_dir, wanted)
-    if record is None and any(os.path.exists(os.path.join(config.train_dir, entry))
-                              for entry in RUN_ENTRIES):
-        raise UserError(f"{config.train_dir} holds a run without its {identity.RUN_FILE} (an "
-                        "earlier version's, or the file was removed), so its settings are "
-                        "unknown; pass --overwrite to start over or choose another --train_dir")
+    record = None
+    if has_started(config.train_dir):
+        record = identity.check_identity(config.train_dir, wanted)
+        if record is None:
+            raise UserError(f"{config.train_dir} holds a run without its {identity.RUN_FILE} "
+                            "(an earlier version's, or the file was removed), so its settings "
+                            "are unknown; pass --overwrite to start over or choose another "
+                            "--train_dir")
     if os.path.exists(os.path.join(config.train_dir, RESULTS_FILE)):
         raise UserError(f"{config.train_dir} holds a finished run; pass --overwrite to replace "
                         "it or choose another --train_dir")
