@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from sskd_tf import data as datasets
 from sskd_tf.distill import build_method
 from sskd_tf.training import files
-from sskd_tf.training.callbacks import read_history
+from sskd_tf.training.callbacks import read_history, trained_networks
 from sskd_tf.training.run import build_student, run_data
 from sskd_tf.training.schedule import EpochCut
 
@@ -90,7 +90,7 @@ def evaluate_exits(config):
     method = build_method(config.method, **config.method_options)
     method.exit_logits(student(tf.zeros((1,) + tuple(info.image_shape))))
     latest = tf.train.latest_checkpoint(os.path.join(config.train_dir, "checkpoints"))
-    status = tf.train.Checkpoint(student=student, method=method).restore(latest)
+    status = tf.train.Checkpoint(**trained_networks(student, method)).restore(latest)
     status.expect_partial().assert_existing_objects_matched()
 
     @tf.function

@@ -17,13 +17,19 @@ TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", image_size=8
 
 
 @pytest.fixture(scope="session")
-def teacher_run(tmp_path_factory):
-    """The train_dir of a finished run of resnet8 alone on TINY: the teacher of the
-    session's distillation tests (copied as a run's cached train_dir/teacher/, whose
-    settings it has, or given as --teacher_weights: its student.keras)."""
+def distilled_run(tmp_path_factory):
+    """(train_dir, results) of the session's finished KD-SVD run on TINY, which trained its
+    teacher first, in train_dir/teacher/."""
     from sskd_tf.training.config import RunConfig
     from sskd_tf.training.run import train
 
-    train_dir = str(tmp_path_factory.mktemp("teacher_run"))
-    train(RunConfig(method="none", train_dir=train_dir, **TINY))
-    return train_dir
+    train_dir = str(tmp_path_factory.mktemp("distilled_run"))
+    return train_dir, train(RunConfig(method="svd", train_dir=train_dir, **TINY))
+
+
+@pytest.fixture(scope="session")
+def teacher_run(distilled_run):
+    """The train_dir of a finished run of resnet8 alone on TINY: the teacher of the
+    session's distillation tests (copied as a run's cached train_dir/teacher/, whose
+    settings it has, or given as --teacher_weights: its student.keras). Read only."""
+    return os.path.join(distilled_run[0], "teacher")

@@ -16,17 +16,20 @@ from sskd_tf.modes import compare as compare_mode
 from sskd_tf.modes.run_config import config_from_flags
 from sskd_tf.training.config import RunConfig
 
-from main_cli import main_error
+from conftest import TINY
+from main_cli import main_errors
 
-TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", image_size=8, batch_size=64,
-            take_train=128, take_test=64, epochs=1, verbose=0)
 METHODS = ["none", "svd"]
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory):
-    base = RunConfig(train_dir=str(tmp_path_factory.mktemp("compare")), **TINY)
+def compared(tmp_path_factory, teacher_run):
+    """A comparison of METHODS over 2 seeds, with the session's teacher as its cached one
+    (a comparison trains its teacher as a run does: tests/test_training_run.py)."""
+    train_dir = str(tmp_path_factory.mktemp("compare"))
+    shutil.copytree(teacher_run, os.path.join(train_dir, "teacher"))
+    base = RunConfig(train_dir=train_dir, **TINY)
     rows = compare_mode.compare(base, METHODS, seeds=2)
     return base, rows
 
@@ -55,7 +58,7 @@ def test_each_method_and_seed_is_a_run(compared):
             assert os.path.exists(os.path.join(root, method, f"seed{seed}", "results.json"))
 
 
-def test_the_teacher_is_trained_once(compared):
+def test_one_teacher_serves_every_run(compared):
     base, _ = compared
     dirs, _ = snapshot(base.train_dir)
     assert [d for d in dirs if os.path.basename(d) == "teacher"] == [
@@ -200,18 +203,16 @@ def test_the_flags_reach_the_comparison(monkeypatch):
     assert options["svd"]["gradient"] == "exact" and options["svd"]["project_student"] is False
 
 
-def test_main_py_reports_options_that_do_not_fit_in_one_line(tmp_path):
-    error, _ = main_error("--mode=compare", "--methods=at", "--method_options=nope=1",
-                          f"--train_dir={tmp_path}")
-    assert "do not fit at" in error
+BAD_COMMANDS = [
+    (["--mode=compare", "--methods=at", "--method_options=nope=1"], "do not fit at"),
+    (["--mode=compare", "--methods=svd,nope"], "unknown method nope"),
+    (["--mode=compare", "--methods=svd,svd"], "listed twice"),
+    (["--mode=compare", "--seeds=0"], "--seeds"),
+]
+
+
+def test_bad_compare_commands_fail_in_one_line(tmp_path):
+    errors = main_errors(*[argv + [f"--train_dir={tmp_path}"] for argv, _ in BAD_COMMANDS])
+    for (argv, message), error in zip(BAD_COMMANDS, errors):
+        assert message in error, argv
     assert not os.listdir(tmp_path)
-
-
-@pytest.mark.parametrize("argument, message", [
-    ("--methods=svd,nope", "unknown method nope"),
-    ("--methods=svd,svd", "listed twice"),
-    ("--seeds=0", "--seeds"),
-])
-def test_bad_compare_flags_fail_in_one_line(argument, message):
-    error, _ = main_error("--mode=compare", argument)
-    assert message in error

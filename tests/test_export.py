@@ -1,6 +1,8 @@
-"""LiteRT export: a tiny resnet8 trained one epoch on a digits slice with --export; its
-three .tflite models checked against the Keras model by an input/output loop written
-here (not the exporter's), its report, --mode=export, and the one-line errors."""
+"""LiteRT export: a tiny resnet8 trained alone one epoch on 8x8 digits by `--mode=teacher
+--export`; its three .tflite models checked against the Keras model on the run's own
+(resized) validation images by an input/output loop written here (not the exporter's), its
+report, its warning, a conversion that fails leaving nothing, --mode=export, and the
+one-line errors."""
 import copy
 import glob
 import json
@@ -19,13 +21,13 @@ from sskd_tf import data as datasets
 from sskd_tf import models, modes
 from sskd_tf.data.recipes import normalize
 from sskd_tf.errors import UserError
-from sskd_tf.export import ExportOptions, convert, export_run, report
+from sskd_tf.export import ExportOptions, convert, export_run, exporter, report
 from sskd_tf.export.interpreter import load_interpreter
 
-from main_cli import main_error
+from main_cli import main_errors
 
-TAKE_TRAIN, TAKE_TEST = 128, 64
-RUN_FLAGS = ["--method=none", "--teacher=resnet8", "--student=resnet8", "--dataset=digits",
+TAKE_TRAIN, TAKE_TEST, IMAGE_SIZE = 128, 64, 8
+RUN_FLAGS = ["--teacher=resnet8", "--dataset=digits", f"--image_size={IMAGE_SIZE}",
              f"--take_train={TAKE_TRAIN}", f"--take_test={TAKE_TEST}", "--epochs=1",
              "--batch_size=64"]
 REPORT_KEYS = {"format", "file", "size_bytes", "accuracy", "agreement",
@@ -40,10 +42,10 @@ def _flag_values(*argv):
 
 @pytest.fixture(scope="module")
 def exported_run(tmp_path_factory):
-    """A run trained and exported by `--mode=train --export`, as a user runs it."""
+    """A teacher trained and exported by `--mode=teacher --export`, as a user runs it."""
     train_dir = str(tmp_path_factory.mktemp("run"))
-    flag_values = _flag_values("--mode=train", *RUN_FLAGS, f"--train_dir={train_dir}", "--export",
-                               "--representative_samples=32", "--latency_runs=3")
+    flag_values = _flag_values("--mode=teacher", *RUN_FLAGS, f"--train_dir={train_dir}",
+                               "--export", "--representative_samples=32", "--latency_runs=3")
     modes.run(flag_values.mode, flag_values)
     with open(os.path.join(train_dir, "export", "report.json")) as handle:
         return train_dir, json.load(handle)
@@ -51,10 +53,12 @@ def exported_run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def validation(exported_run):
-    """The run's validation images (normalised) and labels, and the Keras logits."""
+    """The run's validation images (resized to 8x8 as a bilinear resize rounded back to
+    uint8, then normalised) and labels, and the Keras logits."""
     train_dir, _ = exported_run
     _, _, images, labels = datasets.load_arrays("digits")
-    images = normalize(images[:TAKE_TEST]).numpy()
+    resized = tf.image.resize(images[:TAKE_TEST], (IMAGE_SIZE, IMAGE_SIZE)).numpy()
+    images = normalize(np.clip(np.rint(resized), 0, 255).astype(np.uint8)).numpy()
     student = keras.saving.load_model(os.path.join(train_dir, "student.keras"), compile=False)
     return images, labels[:TAKE_TEST], student(images, training=False)["logits"].numpy()
 
@@ -127,9 +131,15 @@ def test_int8_is_integer_only_and_agrees_with_keras_on_the_top1(exported_run, va
     interpreter = load_interpreter(pathlib.Path(path).read_bytes(), num_threads=1)
     assert interpreter.get_input_details()[0]["dtype"] == np.int8
     assert interpreter.get_output_details()[0]["dtype"] == np.int8
-    agreement = np.mean(_tflite_logits(path, images).argmax(-1) == reference.argmax(-1))
+    logits = _tflite_logits(path, images)
+    agreement = np.mean(logits.argmax(-1) == reference.argmax(-1))
     assert agreement >= 0.9
     assert payload["rows"][3]["agreement"] == pytest.approx(agreement)
+    # Not a constant predictor: the Keras logits vary between images, and the int8 ones
+    # follow them to a small part of their spread.
+    spread = np.ptp(reference, axis=0).mean()
+    assert spread > 1e-2
+    assert np.abs(logits - reference).max() < 0.2 * spread
     float32, int8 = payload["rows"][1], payload["rows"][3]
     drop = 100 * (float32["accuracy"] - int8["accuracy"])
     assert payload["int8_accuracy_drop"] == pytest.approx(drop)
@@ -172,7 +182,9 @@ def test_a_student_of_another_family_converts_to_int8(tmp_path):
     images = np.random.default_rng(0).normal(size=(4, 32, 32, 3)).astype(np.float32)
     path = tmp_path / "int8.tflite"
     path.write_bytes(convert(saved_model, "int8", images))
-    assert _tflite_logits(str(path), images).shape == (4, 10)
+    logits, reference = _tflite_logits(str(path), images), student(images).numpy()
+    assert logits.shape == (4, 10)
+    assert np.abs(logits - reference).max() < 0.2 * np.ptp(reference)
 
 
 class _Singular(keras.layers.Layer):
@@ -201,16 +213,55 @@ def test_a_run_with_unreadable_results_is_one_user_error(tmp_path):
         export_run(str(tmp_path), ExportOptions(verbose=0))
 
 
-def test_a_missing_run_dir_is_one_line(tmp_path):
-    line, _ = main_error("--mode=export", f"--train_dir={tmp_path / 'missing'}")
-    assert "no such directory" in line
-
-
-def test_a_corrupt_student_is_one_line(exported_run, tmp_path):
+def test_a_missing_run_dir_and_a_corrupt_student_are_one_line(exported_run, tmp_path):
     train_dir, _ = exported_run
     damaged = str(tmp_path / "damaged")
     shutil.copytree(train_dir, damaged, ignore=shutil.ignore_patterns("checkpoints", "export"))
     with open(os.path.join(damaged, "student.keras"), "wb") as handle:
         handle.write(b"not a keras file")
-    line, _ = main_error("--mode=export", f"--train_dir={damaged}")
-    assert "cannot read" in line and "student.keras" in line
+    missing, corrupt = main_errors(["--mode=export", f"--train_dir={tmp_path / 'missing'}"],
+                                   ["--mode=export", f"--train_dir={damaged}"])
+    assert "no such directory" in missing
+    assert "cannot read" in corrupt and "student.keras" in corrupt
+
+
+def test_an_int8_drop_beyond_the_threshold_warns(exported_run, tmp_path, caplog):
+    """--int8_max_accuracy_drop=-1 (any drop, even a gain, beyond it): the WARNING line is
+    logged at absl's WARNING level (on stderr in main.py) and heads report.md in bold."""
+    train_dir = str(tmp_path / "copy")
+    shutil.copytree(exported_run[0], train_dir)
+    payload = export_run(train_dir, ExportOptions(representative_samples=8, latency_runs=1,
+                                                  int8_max_accuracy_drop=-1.0, verbose=0))
+    assert payload["int8_accuracy_drop_exceeded"] is True
+    warnings = [record.getMessage() for record in caplog.records
+                if record.name == "absl" and record.levelname == "WARNING"]
+    assert any(message.startswith("WARNING: the int8 model's top-1 accuracy is")
+               for message in warnings), warnings
+    with open(os.path.join(train_dir, "export", "report.md")) as handle:
+        title, _, warning = handle.read().splitlines()[:3]
+    assert title.startswith("# LiteRT export of") and warning.startswith("**WARNING: the int8")
+
+
+def test_a_conversion_that_fails_leaves_the_export_as_it_was(exported_run, tmp_path,
+                                                             monkeypatch):
+    """The export is written whole or not at all: an int8 conversion that fails after
+    float32 and float16 were written leaves the earlier export/ untouched and no
+    temporary directory."""
+    train_dir = str(tmp_path / "copy")
+    shutil.copytree(exported_run[0], train_dir)
+    before = {name: pathlib.Path(train_dir, "export", name).read_bytes()
+              for name in sorted(os.listdir(os.path.join(train_dir, "export")))}
+    real_convert = exporter.convert
+
+    def int8_fails(saved_model, name, representative=None):
+        if name == "int8":
+            raise UserError("cannot convert to int8 (simulated)")
+        return real_convert(saved_model, name, representative)
+
+    monkeypatch.setattr(exporter, "convert", int8_fails)
+    with pytest.raises(UserError, match="simulated"):
+        export_run(train_dir, ExportOptions(representative_samples=8, latency_runs=1, verbose=0))
+    after = {name: pathlib.Path(train_dir, "export", name).read_bytes()
+             for name in sorted(os.listdir(os.path.join(train_dir, "export")))}
+    assert after == before
+    assert not glob.glob(os.path.join(train_dir, ".export-*"))

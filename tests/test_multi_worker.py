@@ -22,7 +22,7 @@ from main_cli import ERROR_PREFIX, REPO
 RUN = ("--method=none", "--teacher=resnet8", "--dataset=digits", "--image_size=8", "--take_train=64",
        "--take_test=32", "--batch_size=32", "--seed=3")
 # 64 examples in batches of 32: the authors' step count of E epochs is int(64 E) // 32 + 1.
-STEPS_OF_EPOCHS = {1: 3, 3: 7}
+STEPS_OF_EPOCHS = {1: 3, 2: 5}
 # The same global batches of 32 in both runs; a random teacher saved once serves both.
 SVD_RUN = ("--method=svd", "--sync_batch_norm") + RUN[1:]
 
@@ -89,41 +89,32 @@ def _optimizer_steps(train_dir):
     return int(reader.get_tensor(name))
 
 
-def test_two_workers_train_as_one_mirrored_process_and_only_the_chief_writes(tmp_path):
-    chief_dir = tmp_path / "multi"
-    outcomes = _finish(_start_workers(tmp_path, "--epochs=1", f"--train_dir={chief_dir}"))
-    for status, stderr in outcomes:
-        assert status == 0, stderr[-3000:]
-    assert sorted(os.listdir(chief_dir)) == [".lock", "checkpoints", "history.csv", "logs",
-                                            "results.json", "run.json", "student.keras",
-                                            "student_export"]
-    assert os.listdir(tmp_path / "tmp") == []  # the worker's scratch copy is gone
-    mirrored_dir = tmp_path / "mirrored"
-    _run_mirrored(tmp_path, mirrored_dir, "--epochs=1")
-    _assert_same_weights(chief_dir, mirrored_dir)
-    assert _optimizer_steps(chief_dir) == STEPS_OF_EPOCHS[1]
-
-
-def test_two_workers_distil_with_the_global_clip_and_batch_norm_as_one_mirrored_process(
-        tmp_path, teacher_run):
+def test_two_workers_distil_as_one_mirrored_process_and_only_the_chief_writes(tmp_path,
+                                                                             teacher_run):
     """KD-SVD from the session's teacher, clip active: the distillation gradient is clipped
     by the global task gradient and --sync_batch_norm normalises (and Bessel-corrects) over
     the global batch across the two processes, as one process does over its 2 replicas
-    (the BN moving statistics are among the weights compared)."""
+    (the BN moving statistics are among the weights compared). Only the chief writes to
+    --train_dir; the other worker's scratch copy is gone at the end."""
     argv = ("--epochs=1", f"--teacher_weights={os.path.join(teacher_run, 'student.keras')}")
     multi_dir, mirrored_dir = tmp_path / "multi", tmp_path / "mirrored"
     for status, stderr in _finish(_start_workers(tmp_path, *argv, f"--train_dir={multi_dir}",
                                                  run=SVD_RUN)):
         assert status == 0, stderr[-3000:]
+    assert sorted(os.listdir(multi_dir)) == [".lock", "checkpoints", "history.csv", "logs",
+                                            "results.json", "run.json", "student.keras",
+                                            "student_export"]
+    assert os.listdir(tmp_path / "tmp") == []
     _run_mirrored(tmp_path, mirrored_dir, *argv, run=SVD_RUN)
     for train_dir in (multi_dir, mirrored_dir):
         assert float(run_callbacks.read_history(train_dir)[0]["clip_ratio"]) < 1.0
     _assert_same_weights(multi_dir, mirrored_dir)
+    assert _optimizer_steps(multi_dir) == STEPS_OF_EPOCHS[1]
 
 
 def test_a_killed_worker_stops_the_other_with_one_line_and_both_resume(tmp_path):
     chief_dir = tmp_path / "run"
-    argv = ("--epochs=3", f"--train_dir={chief_dir}")
+    argv = ("--epochs=2", f"--train_dir={chief_dir}")
     chief, worker = _start_workers(tmp_path, *argv)
     state = chief_dir / "checkpoints" / "checkpoint"
     deadline = time.time() + 900
@@ -142,6 +133,6 @@ def test_a_killed_worker_stops_the_other_with_one_line_and_both_resume(tmp_path)
     assert saved >= 2 and not (chief_dir / "results.json").exists()
     for status, stderr in _finish(_start_workers(tmp_path, *argv)):
         assert status == 0, stderr[-3000:]
-    assert _optimizer_steps(chief_dir) == STEPS_OF_EPOCHS[3]
+    assert _optimizer_steps(chief_dir) == STEPS_OF_EPOCHS[2]
     with open(chief_dir / "results.json") as handle:
-        assert len(json.load(handle)["val_accuracy"]) == 3
+        assert len(json.load(handle)["val_accuracy"]) == 2

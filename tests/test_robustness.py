@@ -2,6 +2,7 @@
 interrupts, bad files; and determinism."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from sskd_tf import models
 from sskd_tf.data import pipeline
 from sskd_tf.distill import build_method
 from sskd_tf.errors import TrainingDiverged
@@ -21,6 +23,8 @@ from sskd_tf.training.callbacks import NonFiniteGuard, saved_progress
 from sskd_tf.training.distiller import Distiller
 from sskd_tf.training.config import RunConfig
 from sskd_tf.training.run import train
+
+from conftest import TINY as SESSION_TINY
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
@@ -174,11 +178,22 @@ REPLAY_SCRIPT = textwrap.dedent("""
     from sskd_tf.training.config import RunConfig
     from sskd_tf.training.run import train
 
-    # vgg_student: its dropout draws from a keras SeedGenerator, which must be replayed too.
+    from sskd_tf import models
+
+    # FitNet from an untrained wrn16_1 teacher (saved once, in argv[2]'s folder) to
+    # vgg_student's first convolutions: its 1x1 regressors (64 -> 16, 128 -> 32, 256 -> 64)
+    # are the method's own variables, its initialisation epoch then its training epoch make
+    # the run's two, and the student's dropout draws from a keras SeedGenerator: all must
+    # be replayed.
+    teacher_file = os.path.join(os.path.dirname(sys.argv[2]), "wrn16_1.keras")
+
     def config(train_dir):
-        return RunConfig(teacher="resnet8", student="vgg_student", method="none", dataset="digits",
-                         batch_size=32, take_train=80, take_test=32, epochs=2, seed=3,
-                         deterministic=True, verbose=0, train_dir=train_dir)
+        return RunConfig(teacher="wrn16_1", student="vgg_student",
+                         student_taps=("block0_conv0", "block1_conv0", "block2_conv0"),
+                         teacher_weights=teacher_file, method="fitnet",
+                         method_options={"init_epochs": 1}, dataset="digits", batch_size=32,
+                         take_train=80, take_test=32, epochs=1, seed=3, deterministic=True,
+                         verbose=0, train_dir=train_dir)
 
     class SignalSelf(keras.callbacks.Callback):
         # Runs after RunCheckpoint: at the end of `epoch`'s batch `batch`, or of the epoch itself.
@@ -213,6 +228,8 @@ REPLAY_SCRIPT = textwrap.dedent("""
 
     uninterrupted, interrupted = sys.argv[2:]
     if sys.argv[1] == "interrupt":
+        keras.utils.set_random_seed(0)
+        models.build_model("wrn16_1", 10).save(teacher_file)
         train(config(uninterrupted))
         try:
             train_until(interrupted, SignalSelf(signal.SIGINT, epoch=0, batch=0))
@@ -230,6 +247,7 @@ REPLAY_SCRIPT = textwrap.dedent("""
             "names": sorted(expected) == sorted(replayed),
             "differing": [n for n in expected if not np.array_equal(expected[n], replayed.get(n))],
             "random_states": sum(n.startswith("random_states/") for n in expected),
+            "method_variables": sum(n.startswith("method_weights/") for n in expected) > 0,
             "student_weights_equal": all(np.array_equal(a, b) for a, b in zip(*students)),
             "history_equal": history(uninterrupted) == history(interrupted),
         }))
@@ -237,10 +255,11 @@ REPLAY_SCRIPT = textwrap.dedent("""
 
 
 def test_a_run_interrupted_by_sigint_and_by_kill_replays_the_uninterrupted_run(tmp_path):
-    """--seed --deterministic: interrupted mid-epoch (SIGINT, resumed in the same process),
-    then killed (-9) after an epoch's checkpoint and resumed in a new one, a run ends with
-    every checkpointed variable bit-equal to the uninterrupted run's, and the same history
-    (the interrupted epoch's averages included). Progress is (finished epochs, global
+    """--seed --deterministic: a FitNet run (a teacher, the method's own regressors, an
+    initialisation stage, dropout) interrupted mid-epoch (SIGINT, resumed in the same
+    process), then killed (-9) at the end of its initialisation epoch and resumed in a new
+    process, ends with every checkpointed variable bit-equal to the uninterrupted run's,
+    and the same history (the interrupted epoch's averages included). Progress is (finished epochs, global
     step): 80 examples in batches of 32 make epochs of 3 steps (ceil(80 / 32))."""
     dirs = [str(tmp_path / "uninterrupted"), str(tmp_path / "interrupted")]
     killed = subprocess.run([sys.executable, "-c", REPLAY_SCRIPT, "interrupt", *dirs], cwd=REPO,
@@ -252,7 +271,8 @@ def test_a_run_interrupted_by_sigint_and_by_kill_replays_the_uninterrupted_run(t
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     report = json.loads(resumed.stdout.splitlines()[-1])
     assert report == {"progress_at_kill": [1, 3], "names": True, "differing": [],
-                      "random_states": 1, "student_weights_equal": True, "history_equal": True}
+                      "random_states": 1, "method_variables": True,
+                      "student_weights_equal": True, "history_equal": True}
 
 
 DETERMINISM_SCRIPT = textwrap.dedent("""
@@ -278,22 +298,23 @@ def test_two_deterministic_runs_give_identical_weights(tmp_path):
     assert result.stdout.strip().splitlines()[-1] == "True"
 
 
-def test_a_truncated_checkpoint_is_a_clear_error(tmp_path):
-    config = RunConfig(method="none", train_dir=str(tmp_path), epochs=1, **TINY)
-    train(config)
-    os.remove(tmp_path / "results.json")
-    data_file = next(p for p in (tmp_path / "checkpoints").iterdir() if ".data-" in p.name)
-    data_file.write_bytes(data_file.read_bytes()[:100])
+def test_a_truncated_checkpoint_is_a_clear_error(tmp_path, teacher_run):
+    """The session teacher's run, its results removed (as if killed after its last epoch),
+    one checkpoint's data cut short."""
+    train_dir = tmp_path / "run"
+    shutil.copytree(teacher_run, train_dir)
+    os.remove(train_dir / "results.json")
+    for data_file in (train_dir / "checkpoints").glob("*.data-*"):
+        data_file.write_bytes(data_file.read_bytes()[:100])
     with pytest.raises(ValueError, match="cannot resume from .*delete its checkpoints/ or pass --overwrite"):
-        train(config)
+        train(RunConfig(method="none", train_dir=str(train_dir), **SESSION_TINY))
 
 
 def test_teacher_weights_of_another_architecture_are_a_clear_error(tmp_path):
-    student_run = RunConfig(method="none", train_dir=str(tmp_path / "small"), epochs=1, **TINY)
-    train(student_run)
-    config = RunConfig(method="svd", train_dir=str(tmp_path / "run"), epochs=1,
-                       teacher_weights=str(tmp_path / "small" / "student.keras"),
-                       **dict(TINY, teacher="resnet14"))
+    weights = str(tmp_path / "resnet8.keras")
+    models.build_model("resnet8", 10, (8, 8, 3)).save(weights)
+    config = RunConfig(method="svd", train_dir=str(tmp_path / "run"), teacher_weights=weights,
+                       **dict(SESSION_TINY, teacher="resnet14"))
     with pytest.raises(ValueError, match=r"does not fit resnet14: stage0_block1_conv0/kernel missing"):
         train(config)
 

@@ -15,6 +15,7 @@ import textwrap
 import time
 
 import keras
+import numpy as np
 import pytest
 
 from conftest import TINY
@@ -331,3 +332,40 @@ def test_a_resume_on_other_data_is_refused(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="holds a run trained on other data"):
         train(dataclasses.replace(config, data_dir=other))
     assert len(train(dataclasses.replace(config, data_dir=moved))["val_accuracy"]) == 2
+
+
+def test_the_checkpoint_holds_the_methods_own_layers(tmp_path):
+    """FitNet's regressors, KD-SVD's projections and self-distillation's heads live in
+    Python lists of the method: a run's checkpoint holds their weights all the same, the
+    batch-norm moving statistics among them (which the optimizer does not hold), and a
+    restore puts them back."""
+    from sskd_tf.distill import build_method
+    from sskd_tf.training.distiller import Distiller
+    from sskd_tf.training.schedule import EpochCut
+    from test_method_runs import _toy
+
+    def distiller(method_name, options, seed):
+        keras.utils.set_random_seed(seed)
+        student, teacher = _toy(seed), _toy(seed + 1, widths=(6, 12, 12))
+        method = build_method(method_name, **options)
+        made = Distiller(student, method, teacher if method.needs_teacher else None,
+                         steps_in_epoch=1)
+        made.build((None, 8, 8, 3))
+        made.compile(optimizer=keras.optimizers.SGD(0.1))
+        made.optimizer.build(made.trainable_variables)
+        return made
+
+    for name, options in (("fitnet", {}), ("svd", {"project_student": True}),
+                          ("self_distill", {})):
+        saved = distiller(name, options, seed=1)
+        assert saved.method.weights, name
+        for weight in saved.method.weights:
+            weight.assign(np.random.default_rng(0).uniform(0.5, 1.5, weight.shape))
+        directory = str(tmp_path / name)
+        run_callbacks.RunCheckpoint(directory, saved, EpochCut.of_steps(1), 1).manager.save()
+        restored = distiller(name, options, seed=7)
+        assert any(not np.array_equal(a.numpy(), b.numpy())
+                   for a, b in zip(saved.method.weights, restored.method.weights)), name
+        run_callbacks.RunCheckpoint(directory, restored, EpochCut.of_steps(1), 1).restore()
+        for a, b in zip(saved.method.weights, restored.method.weights):
+            np.testing.assert_array_equal(a.numpy(), b.numpy())

@@ -29,7 +29,7 @@ from sskd_tf.modes import run_config
 from sskd_tf.modes.run_config import config_from_flags
 from sskd_tf.training.config import RunConfig
 
-from main_cli import REPO, main_error
+from main_cli import REPO, main_errors
 
 TINY = dict(teacher="resnet8", student="resnet8", dataset="digits", image_size=8, batch_size=64,
             take_train=128, take_test=64, epochs=1, verbose=0, method="svd", seed=0,
@@ -48,9 +48,11 @@ ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 
 
 @pytest.fixture(scope="module")
-def searched(tmp_path_factory):
-    """(train_dir, rows, stdout) of the module's search, run by main.py."""
+def searched(tmp_path_factory, teacher_run):
+    """(train_dir, rows, stdout) of the module's search, run by main.py, with the session's
+    teacher as its cached one."""
     train_dir = str(tmp_path_factory.mktemp("search"))
+    shutil.copytree(teacher_run, os.path.join(train_dir, "teacher"))
     done = subprocess.run([sys.executable, "main.py", *SEARCH_ARGS, f"--train_dir={train_dir}"],
                           cwd=REPO, env=ENV, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -272,14 +274,12 @@ def test_the_tuner_flag_lists_the_tuners_of_the_module():
     assert tuple(tune_flags.TUNERS) == tuple(tuning.TUNERS)
 
 
-@pytest.mark.parametrize("flag, message", [
-    ("--tuner=bogus", "value should be one of <random|bayesian|hyperband>"),
-    ("--max_trials=0", "--max_trials"),
-    ("--tune_epochs=0", "--tune_epochs"),
-])
-def test_bad_tune_flags_fail_at_parsing_with_one_line(flag, message):
-    error, done = main_error("--mode=tune", flag, timeout=120)
-    assert len(done.stderr.strip().splitlines()) == 1 and message in error
+def test_bad_tune_flags_fail_at_parsing_with_one_line():
+    cases = [("--tuner=bogus", "value should be one of <random|bayesian|hyperband>"),
+             ("--max_trials=0", "--max_trials"), ("--tune_epochs=0", "--tune_epochs")]
+    for (flag, message), error in zip(cases, main_errors(*[["--mode=tune", flag]
+                                                           for flag, _ in cases])):
+        assert message in error, flag
 
 
 def _free_port():

@@ -62,6 +62,14 @@ def random_states(model):
     return [variable for variable in model.variables if id(variable) not in weights]
 
 
+def trained_networks(student, method):
+    """What a run's checkpoint holds of its networks, as tf.train.Checkpoint children: the
+    student (a Keras model, followed layer by layer) and the method's weights by position
+    (its own layers, e.g. FitNet's regressors, live in Python lists, which TensorFlow's
+    checkpoints do not follow)."""
+    return {"student": student, "method_weights": list(method.weights)}
+
+
 def _history_rows(text):
     return json.loads(text.decode() if isinstance(text, bytes) else text)
 
@@ -106,7 +114,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.metric_states = [variable for metric in distiller.metrics
                               for variable in metric.variables]
         self.checkpoint = tf.train.Checkpoint(
-            student=distiller.student, method=distiller.method, optimizer=distiller.optimizer,
+            **trained_networks(distiller.student, distiller.method), optimizer=distiller.optimizer,
             random_states=random_states(distiller.student) + random_states(distiller.method),
             epoch=self.epoch, history=self.history, wall_time=self.wall_time,
             metric_states=self.metric_states)

@@ -168,6 +168,7 @@ def train(config):
     """Run `config` to the end (resuming from its last checkpoint) and return its results."""
     config = with_train_dir(config.resolved())
     log(config, f"Run directory: {config.train_dir}")
+    make_strategy(config.strategy)  # before anything runs TensorFlow (the memory check does)
     if config.strategy != "multi_worker":
         return _train(config)
     with multi_worker.lost_workers_reported():

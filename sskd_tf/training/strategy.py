@@ -1,4 +1,6 @@
 """Distribution strategies of `--strategy`."""
+import functools
+
 import tensorflow as tf
 
 from sskd_tf.errors import UserError
@@ -19,10 +21,15 @@ def _split_cpu(count):
                 "was started before they could be made") from None
 
 
+@functools.cache
 def make_strategy(name, cpu_replicas=2):
     """default: one device. mirrored: MirroredStrategy over every GPU, or over
     `cpu_replicas` logical CPU devices when there is none. multi_worker:
-    MultiWorkerMirroredStrategy configured by the TF_CONFIG environment variable."""
+    MultiWorkerMirroredStrategy configured by the TF_CONFIG environment variable.
+
+    One strategy of a kind per process (a run and the teacher it trains first share it).
+    Both of the last two must be made before TensorFlow runs anything: a run makes its
+    strategy first (training/run.py `train`)."""
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
