@@ -54,10 +54,11 @@ _BATCH = textwrap.dedent("""
 
 def main_errors(*commands, timeout=600):
     """Run each command line (a list of arguments) through main.py's parser and main in one
-    process, and return the line each failed with (`check_user_error`)."""
+    process, and return for each (the line it failed with, as `check_user_error` checks,
+    and everything it wrote to sys.stderr)."""
     completed = subprocess.run([sys.executable, "-c", _BATCH], cwd=REPO, env=ENV,
                                input=json.dumps([list(command) for command in commands]),
                                capture_output=True, text=True, timeout=timeout)
     assert completed.returncode == 0, completed.stderr[-3000:]
     outcomes = json.loads(completed.stdout.rsplit("\n", 1)[-1])
-    return [check_user_error(status, stderr) for status, stderr in outcomes]
+    return [(check_user_error(status, stderr), stderr) for status, stderr in outcomes]

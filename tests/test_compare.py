@@ -213,6 +213,6 @@ BAD_COMMANDS = [
 
 def test_bad_compare_commands_fail_in_one_line(tmp_path):
     errors = main_errors(*[argv + [f"--train_dir={tmp_path}"] for argv, _ in BAD_COMMANDS])
-    for (argv, message), error in zip(BAD_COMMANDS, errors):
+    for (argv, message), (error, _) in zip(BAD_COMMANDS, errors):
         assert message in error, argv
     assert not os.listdir(tmp_path)

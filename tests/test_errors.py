@@ -25,7 +25,7 @@ from sskd_tf.training.run import train
 from sskd_tf.training.teacher import load_teacher_weights
 from sskd_tf.training.strategy import make_strategy
 
-from main_cli import ERROR_PREFIX, REPO, main_error
+from main_cli import ERROR_PREFIX, REPO, main_error, main_errors
 
 ENV = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")
 RUN = ("--dataset=digits", "--image_size=8", "--teacher=resnet8", "--take_train=64", "--take_test=32",
@@ -121,16 +121,26 @@ def test_the_traceback_goes_to_a_temporary_file_when_the_train_dir_cannot_be_wri
 
 # Hostile and broken inputs, each through main.py.
 
-def test_a_keras_teacher_with_a_lambda_layer_is_refused_without_running_it(tmp_path):
+def test_a_keras_teacher_with_a_lambda_layer_and_an_unwritable_train_dir_through_main_py(
+        tmp_path):
+    """Each one line from main.py (in one process): a teacher holding code is refused
+    without running it; a --train_dir under a file is not a writable directory."""
     marker = tmp_path / "the_lambda_ran"
     inputs = keras.Input((32, 32, 3))
     touch = keras.layers.Lambda(eval(f"lambda x: (open({str(marker)!r}, 'w').close(), x)[1]"))
     keras.Model(inputs, touch(inputs)).save(tmp_path / "lambda.keras")
     marker.unlink()
-    error, _ = main_error(*RUN, "--method=svd", f"--train_dir={tmp_path / 'run'}",
-                          f"--teacher_weights={tmp_path / 'lambda.keras'}")
-    assert "cannot read" in error and "Lambda" in error
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a directory")
+    (lambda_error, _), (dir_error, _) = main_errors(
+        [*RUN, "--method=svd", f"--train_dir={tmp_path / 'run'}",
+         f"--teacher_weights={tmp_path / 'lambda.keras'}"],
+        [*RUN, "--method=none", f"--train_dir={blocker / 'run'}"])
+    assert "cannot read" in lambda_error and "Lambda" in lambda_error
     assert not marker.exists()
+    assert f"--train_dir={blocker / 'run'} is not a writable directory (Not a directory)" \
+        in dir_error
+    assert blocker.read_text() == "not a directory"
 
 
 @keras.saving.register_keras_serializable(package="sskd_tests_hostile")
@@ -215,8 +225,6 @@ def test_a_train_dir_that_cannot_be_written_is_one_line(tmp_path):
     blocker.write_text("not a directory")
     with pytest.raises(UserError, match=f"--train_dir={blocker} is not a writable directory"):
         train(RunConfig(method="none", train_dir=str(blocker), **TINY))
-    error, _ = main_error(*RUN, "--method=none", f"--train_dir={blocker / 'run'}")
-    assert f"--train_dir={blocker / 'run'} is not a writable directory (Not a directory)" in error
     assert blocker.read_text() == "not a directory"
 
 

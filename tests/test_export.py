@@ -219,8 +219,9 @@ def test_a_missing_run_dir_and_a_corrupt_student_are_one_line(exported_run, tmp_
     shutil.copytree(train_dir, damaged, ignore=shutil.ignore_patterns("checkpoints", "export"))
     with open(os.path.join(damaged, "student.keras"), "wb") as handle:
         handle.write(b"not a keras file")
-    missing, corrupt = main_errors(["--mode=export", f"--train_dir={tmp_path / 'missing'}"],
-                                   ["--mode=export", f"--train_dir={damaged}"])
+    (missing, _), (corrupt, _) = main_errors(
+        ["--mode=export", f"--train_dir={tmp_path / 'missing'}"],
+        ["--mode=export", f"--train_dir={damaged}"])
     assert "no such directory" in missing
     assert "cannot read" in corrupt and "student.keras" in corrupt
 

@@ -1,21 +1,22 @@
 """Datasets named by kind: folder:<dir> (a tiny image tree made here) and tfds:<name>
 (TFDS mock data, nothing downloaded); resizing, computed normalisation, scaled
 augmentation."""
+import copy
 import json
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from absl import flags as absl_flags
 
+import flags  # noqa: F401  (defines main.py's flags)
+from sskd_tf import modes
 from sskd_tf.data import build_datasets, cifar
 from sskd_tf.data.recipes import AUGMENTATIONS, padding
 from sskd_tf.errors import UserError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASS_VALUES = {"cat": 10, "dog": 200}  # every pixel of a class's images has this value
 
 
@@ -97,15 +98,16 @@ def test_augmentation_padding_scales_with_the_image_size():
         assert AUGMENTATIONS.get(recipe)(batch, tf.constant([3, 4])).shape == batch.shape
 
 
-def test_main_py_trains_on_an_image_folder(tmp_path):
+def test_main_py_trains_on_an_image_folder(tmp_path, monkeypatch):
+    """main.py's flags, parsed and run in this process."""
     root = write_image_tree(tmp_path / "images", per_class=8)
-    completed = subprocess.run(
-        [sys.executable, "main.py", "--teacher=resnet8", "--student=resnet8", "--method=none",
-         f"--dataset=folder:{root}", "--image_size=16", "--epochs=1", "--batch_size=8",
-         f"--train_dir={tmp_path / 'run'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-        env={**os.environ, "SSKD_TF_CACHE": str(tmp_path / "cache")})
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    monkeypatch.setenv("SSKD_TF_CACHE", str(tmp_path / "cache"))
+    flag_values = copy.deepcopy(absl_flags.FLAGS)
+    flag_values(["main.py", "--teacher=resnet8", "--student=resnet8", "--method=none",
+                 f"--dataset=folder:{root}", "--image_size=16", "--epochs=1", "--batch_size=8",
+                 f"--train_dir={tmp_path / 'run'}"])
+    modes.run(flag_values.mode, flag_values)
+    assert os.listdir(tmp_path / "cache")  # the folder's statistics, computed once
     with open(tmp_path / "run" / "results.json") as handle:
         results = json.load(handle)
     assert results["dataset"] == f"folder:{root}" and results["epochs"] == 1

@@ -1,18 +1,19 @@
 """Networks from outside the port on the command line: `.keras` files and
-keras.applications, with taps read by layer name."""
+keras.applications, with taps read by layer name (main.py's flags, parsed and run in this
+process: tests/test_method_runs.py runs main.py itself)."""
+import copy
 import os
-import subprocess
-import sys
 
 import keras
 import pytest
+from absl import flags as absl_flags
 
-from main_cli import main_error
-from sskd_tf import models
+import flags  # noqa: F401  (defines main.py's flags)
+from main_cli import main_errors
+from sskd_tf import models, modes
 from sskd_tf.errors import UserError
 from sskd_tf.training.callbacks import read_history
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TAPS = "block1,block2,block3"
 
 
@@ -40,13 +41,13 @@ def model_files(tmp_path_factory):
 def test_main_py_distils_keras_files(model_files, tmp_path, method, options, term):
     teacher, student = model_files
     train_dir = str(tmp_path / "run")
-    completed = subprocess.run(
-        [sys.executable, "main.py", f"--teacher={teacher}", f"--student={student}",
-         f"--teacher_taps={TAPS}", f"--student_taps={TAPS}", f"--method={method}", *options,
-         "--dataset=digits", "--epochs=1", "--take_train=64", "--take_test=32",
-         "--batch_size=32", f"--train_dir={train_dir}"],
-        cwd=REPO, capture_output=True, text=True, timeout=600)
-    assert completed.returncode == 0, completed.stderr[-3000:]
+    flag_values = copy.deepcopy(absl_flags.FLAGS)
+    flag_values(["main.py", f"--teacher={teacher}", f"--student={student}",
+                 f"--teacher_taps={TAPS}", f"--student_taps={TAPS}", f"--method={method}",
+                 *options, "--dataset=digits", "--epochs=1", "--take_train=64",
+                 "--take_test=32", "--batch_size=32", "--verbosity=-1",
+                 f"--train_dir={train_dir}"])
+    modes.run(flag_values.mode, flag_values)
     [row] = read_history(train_dir)
     assert float(row[term]) > 0.0
     saved = keras.saving.load_model(os.path.join(train_dir, "student.keras"))
@@ -55,10 +56,10 @@ def test_main_py_distils_keras_files(model_files, tmp_path, method, options, ter
 
 def test_a_missing_tap_is_one_line_with_near_matches(model_files, tmp_path):
     teacher, student = model_files
-    line, _ = main_error(f"--teacher={teacher}", f"--student={student}",
-                         "--teacher_taps=blok1,block2,block3", f"--student_taps={TAPS}",
-                         "--dataset=digits", "--take_train=32", "--take_test=32",
-                         f"--train_dir={tmp_path}")
+    [(line, _)] = main_errors([f"--teacher={teacher}", f"--student={student}",
+                               "--teacher_taps=blok1,block2,block3", f"--student_taps={TAPS}",
+                               "--dataset=digits", "--take_train=32", "--take_test=32",
+                               f"--train_dir={tmp_path}"])
     assert "has no layer 'blok1'; closest: block1" in line
 
 

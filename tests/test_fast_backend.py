@@ -162,14 +162,17 @@ def test_unpatched_backends_differ_exactly_where_the_teacher_signs_differ():
         assert np.isclose(fast, faithful, rtol=1e-9) == same_signs
 
 
+TAPS_OF_DEGENERATE_MAPS = [(4, 4, 3), (2, 2, 6), (2, 2, 6)]
+
+
 def _degenerate_maps(batch=4):
-    student = _maps([(4, 4, 3), (2, 2, 6), (2, 2, 6)], batch, seed=11, relu=False, dtype=np.float64)
+    student = _maps(TAPS_OF_DEGENERATE_MAPS, batch, seed=11, relu=False, dtype=np.float64)
     student[0][0] = 0.0                            # an all-zero sample
     student[1][:, :, :, :3] = 0.0                  # dead channels
     q, _ = np.linalg.qr(np.random.default_rng(12).normal(size=(16, 16)))
     student[0][1] = (q[:, :3] * 2.0).reshape(4, 4, 3)           # repeated singular values
     student[2][2] = np.ones((2, 2, 6))                          # rank one
-    teacher = _maps([(4, 4, 3), (2, 2, 6), (2, 2, 6)], batch, seed=13, relu=False, dtype=np.float64)
+    teacher = _maps(TAPS_OF_DEGENERATE_MAPS, batch, seed=13, relu=False, dtype=np.float64)
     teacher[2][3] = 0.0
     return student, teacher
 
@@ -190,9 +193,26 @@ def test_hybrid_gradients_equal_the_svd_backend(variant, gradient):
 @pytest.mark.parametrize("gradient", ["original", "exact"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_finite_on_degenerate_inputs(variant, gradient, backend):
-    loss, grads = _loss_and_grads(*_degenerate_maps(), variant, gradient, backend)
+    """Finite on the degenerate samples; two well-conditioned samples appended to the batch
+    get the gradient they get in a batch of their own, not zero. In the 2018 release the
+    NaN guard ties the samples of a batch (the finite ones' gradients are scaled by the
+    batch's count of finite ones, per pair of taps), so there they are checked to be
+    nonzero only."""
+    student, teacher = _degenerate_maps()
+    clean_student, clean_teacher = _maps(TAPS_OF_DEGENERATE_MAPS, 2, seed=21, relu=False,
+                                         dtype=np.float64), _maps(
+        TAPS_OF_DEGENERATE_MAPS, 2, seed=22, relu=False, dtype=np.float64)
+    loss, grads = _loss_and_grads([np.concatenate(pair) for pair in zip(student, clean_student)],
+                                  [np.concatenate(pair) for pair in zip(teacher, clean_teacher)],
+                                  variant, gradient, backend)
     assert np.isfinite(loss)
     assert all(np.all(np.isfinite(g)) for g in grads)
+    assert max(np.abs(grad[-2:]).max() for grad in grads) > 1e-6
+    if variant == "eccv":
+        return
+    _, alone = _loss_and_grads(clean_student, clean_teacher, variant, gradient, backend)
+    for grad, expected in zip(grads, alone):
+        np.testing.assert_allclose(grad[-2:], expected, rtol=1e-7, atol=1e-10)
 
 
 def test_zero_matrix_factors_are_finite():

@@ -146,12 +146,19 @@ def _degenerate_matrices():
 @pytest.mark.parametrize("case", ["repeated", "vanishing"])
 @pytest.mark.parametrize("transpose", [False, True])
 def test_exact_gradient_stays_finite_when_singular_values_degenerate(case, transpose):
-    x = _degenerate_matrices()[case]
+    """Finite on the degenerate matrices; on a well-conditioned one in the same batch, the
+    gradient it has in a batch of its own (each matrix's loss is its own), not zero."""
+    clean = _random((1, 6, 3), seed=13)
+    x = np.concatenate([_degenerate_matrices()[case], clean])
     if transpose:
-        x = np.swapaxes(x, -1, -2)
+        x, clean = np.swapaxes(x, -1, -2), np.swapaxes(clean, -1, -2)
     weights = _weights(x.shape)
     grad = _tape_gradient(lambda t: _sign_invariant_loss_tf(t, weights, "exact"), x)
     assert np.all(np.isfinite(grad))
+    alone = _tape_gradient(lambda t: _sign_invariant_loss_tf(
+        t, [w[-1:] for w in weights], "exact"), clean)
+    np.testing.assert_allclose(grad[-1:], alone, rtol=1e-10, atol=1e-12)
+    assert np.abs(alone).max() > 1e-3
 
 
 @pytest.mark.parametrize("shape", [(3, 12, 4), (3, 4, 12)])

@@ -69,3 +69,30 @@ def test_policy_is_restored_and_checked():
     with pytest.raises(ValueError, match="choose one of: none, mixed_bfloat16, mixed_float16"):
         with dtype_policy("float8"):
             pass
+
+
+def _traced_nodes(distiller):
+    """Every node of the traced train step, nested function bodies included."""
+    signature = (tf.TensorSpec([4, 8, 8, 3], tf.float32), tf.TensorSpec([4], tf.int32))
+    graph_def = tf.function(distiller.train_step).get_concrete_function(
+        signature).graph.as_graph_def()
+    return list(graph_def.node) + [node for function in graph_def.library.function
+                                   for node in function.node_def]
+
+
+@pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
+def test_the_decompositions_take_float32_maps_from_networks_of_lower_precision(precision):
+    """From the traced step (the README's claim): every decomposition op of either backend
+    is a float32 one, while the networks' convolutions compute in `precision`."""
+    low = tf.as_dtype(precision.split("_")[1]).as_datatype_enum
+    for backend, op in (("gram", "SelfAdjointEigV2"), ("linalg_svd", "Svd")):
+        with dtype_policy(precision):
+            student, teacher = toy_network(0), toy_network(1)
+        distiller = Distiller(student, build_method("svd", backend=backend), teacher,
+                              steps_in_epoch=2)
+        distiller.build((None, 8, 8, 3))
+        distiller.compile(optimizer=keras.optimizers.SGD(0.1))
+        nodes = _traced_nodes(distiller)
+        decompositions = [node.attr["T"].type for node in nodes if node.op == op]
+        assert decompositions and set(decompositions) == {tf.float32.as_datatype_enum}, backend
+        assert low in {node.attr["T"].type for node in nodes if node.op == "Conv2D"}

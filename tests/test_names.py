@@ -6,6 +6,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from sskd_tf.data import names as data_names
 from sskd_tf.distill import METHODS
 from sskd_tf.distill import names as distill_names
@@ -22,11 +24,13 @@ def test_svd_gradients_are_the_ones_the_loss_accepts():
     import tensorflow as tf
 
     from sskd_tf.distill.kd_svd import GRADIENTS, svd_kd_loss
-    maps = [tf.random.stateless_normal([2, 4, 4, 3], [0, tap]) for tap in range(2)]
-    for gradient in GRADIENTS:
-        assert float(svd_kd_loss(maps, maps, gradient=gradient)) >= 0.0
+    student = [tf.random.stateless_normal([2, 4, 4, 3], [0, tap]) for tap in range(2)]
+    teacher = [tf.random.stateless_normal([2, 4, 4, 3], [1, tap]) for tap in range(2)]
+    # The gradient is the backward pass only: every one gives the same, positive loss.
+    losses = [float(svd_kd_loss(student, teacher, gradient=gradient)) for gradient in GRADIENTS]
+    assert losses[0] > 1e-3 and losses == pytest.approx([losses[0]] * len(GRADIENTS), rel=1e-6)
     try:
-        svd_kd_loss(maps, maps, gradient="other")
+        svd_kd_loss(student, teacher, gradient="other")
     except ValueError as error:
         assert all(name in str(error) for name in GRADIENTS)
     else:

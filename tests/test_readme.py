@@ -28,6 +28,8 @@ def test_distil_your_own_model_runs_as_written(tmp_path, monkeypatch):
     assert saved.output_shape == (None, 10)
     assert "svd_loss" in namespace["distiller"].history.history
     exec(compile(keras_example, "README.md", "exec"), namespace)
+    history = namespace["keras_distiller"].history.history
+    assert history["distillation_loss"][0] > 0  # Keras' own distiller ran the AT loss
 
 
 def test_the_first_run_is_the_flagfile_of_a_comparison_it_describes(monkeypatch):

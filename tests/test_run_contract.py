@@ -204,9 +204,10 @@ RUN_ARGS = ["--method=none", "--teacher=resnet8", "--dataset=digits", "--image_s
             "--take_train=256", "--take_test=32", "--batch_size=32", "--epochs=2", "--seed=4"]
 
 
-def test_one_process_at_a_time_and_sigterm_checkpoints_then_exits_143(tmp_path):
+def test_one_process_at_a_time_and_sigterm_or_sigint_checkpoints_then_exits(tmp_path):
     """A second command on a directory in use is refused at once, naming the holder; SIGTERM
-    stops the holder after a checkpoint, with status 143; the same command resumes."""
+    stops the holder after a checkpoint, with status 143; resumed, Ctrl-C (SIGINT) stops it
+    after a later checkpoint, with 130; the same command resumes to the end."""
     train_dir = str(tmp_path / "run")
     command = [sys.executable, "-c", HOLD_THE_RUN, *RUN_ARGS, f"--train_dir={train_dir}"]
     holder = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
@@ -237,6 +238,24 @@ def test_one_process_at_a_time_and_sigterm_checkpoints_then_exits_143(tmp_path):
     assert "Traceback" not in stderr
     epochs, step = run_callbacks.saved_progress(train_dir)
     assert step > 0 and not os.path.exists(os.path.join(train_dir, "results.json"))
+    # Resumed, then stopped by Ctrl-C once it trains again: status 130, a later step saved.
+    interrupted = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True)
+    try:
+        for line in interrupted.stdout:
+            if line.startswith("Resuming"):
+                break
+        time.sleep(1.5)
+        interrupted.send_signal(signal.SIGINT)
+        _, stderr = interrupted.communicate(timeout=300)
+    finally:
+        if interrupted.poll() is None:
+            interrupted.kill()
+            interrupted.wait()
+    assert interrupted.returncode == 130, stderr[-2000:]
+    assert [line for line in stderr.splitlines() if line.startswith(ERROR_PREFIX)][0].startswith(
+        f"{ERROR_PREFIX} interrupted by SIGINT (checkpoint saved at step ")
+    assert run_callbacks.saved_progress(train_dir)[1] > step
     resumed = subprocess.run([sys.executable, "main.py", *RUN_ARGS, f"--train_dir={train_dir}"],
                              cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -245,17 +264,17 @@ def test_one_process_at_a_time_and_sigterm_checkpoints_then_exits_143(tmp_path):
 
 
 def test_the_lock_is_the_operating_systems(tmp_path):
-    """Held, a second taker is refused with the holder's pid; released (or its process
-    gone), the next one takes it; the lock file stays."""
-    take = [sys.executable, "-c", "import sys; from sskd_tf.training import files\n"
-            "with files.run_lock(sys.argv[1]): print('taken')", str(tmp_path)]
+    """Held, a second taker is refused with the holder's pid (an open file description of
+    its own takes flock's lock as another process would); released, the next one takes it;
+    the lock file stays. (A process that dies releases it: the SIGTERM test resumes after
+    one.)"""
     with files.run_lock(str(tmp_path)):
-        taker = subprocess.run(take, cwd=REPO, env=ENV, capture_output=True, text=True,
-                               timeout=120)
-    assert taker.returncode == 1 and taker.stdout == ""
-    assert f"in use by another run (pid {os.getpid()})" in taker.stderr.splitlines()[-1]
-    taker = subprocess.run(take, cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
-    assert taker.stdout == "taken\n"
+        with pytest.raises(UserError, match=f"{tmp_path} is in use by another run \\(pid "
+                                            f"{os.getpid()}\\); wait for it to end"):
+            with files.run_lock(str(tmp_path)):
+                pass
+    with files.run_lock(str(tmp_path)):
+        pass
     assert os.listdir(tmp_path) == [".lock"]
 
 
@@ -279,21 +298,21 @@ def test_a_cached_teacher_of_other_settings_is_refused(teacher_run, tmp_path, ch
 
 
 def test_overwrite_starts_over_keeping_a_teacher_of_the_same_settings(teacher_run, tmp_path):
+    """--overwrite on a finished run of the same settings keeps its cached teacher and
+    trains the run again; on one of other settings (another seed), the teacher, of other
+    settings too, is trained again."""
     train_dir = _teacher_copy(teacher_run, tmp_path)
     teacher_file = os.path.join(train_dir, "teacher", "student.keras")
     kept = os.path.getmtime(teacher_file)
-    config = RunConfig(train_dir=train_dir, **{**TINY, "method": "soft_logits"})
+    config = RunConfig(train_dir=train_dir, overwrite=True, **{**TINY, "method": "soft_logits"})
+    open(os.path.join(train_dir, "results.json"), "w").write("{}")  # a finished run's
     train(config)
-    train(dataclasses.replace(config, overwrite=True))
     assert os.path.getmtime(teacher_file) == kept
-    with open(os.path.join(train_dir, "teacher", "run.json")) as handle:
-        assert json.load(handle)["identity"]["seed"] == 0
-    other = dataclasses.replace(config, seed=1, overwrite=True)
-    train(other)
-    with open(os.path.join(train_dir, "teacher", "run.json")) as handle:
-        assert json.load(handle)["identity"]["seed"] == 1
-    with open(os.path.join(train_dir, "run.json")) as handle:
-        assert json.load(handle)["identity"]["seed"] == 1
+    train(dataclasses.replace(config, seed=1))
+    for directory in (train_dir, os.path.join(train_dir, "teacher")):
+        with open(os.path.join(directory, "run.json")) as handle:
+            assert json.load(handle)["identity"]["seed"] == 1, directory
+    assert len(run_callbacks.read_history(train_dir)) == 1
 
 
 def test_the_default_train_dir_is_derived_from_the_settings():

@@ -120,7 +120,7 @@ BAD_FLAGS = [
 
 def test_bad_flags_exit_with_one_line():
     errors = main_errors(*[argv for argv, _ in BAD_FLAGS])
-    for (argv, message), error in zip(BAD_FLAGS, errors):
+    for (argv, message), (error, _) in zip(BAD_FLAGS, errors):
         assert message in error, argv
 
 

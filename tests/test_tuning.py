@@ -277,8 +277,8 @@ def test_the_tuner_flag_lists_the_tuners_of_the_module():
 def test_bad_tune_flags_fail_at_parsing_with_one_line():
     cases = [("--tuner=bogus", "value should be one of <random|bayesian|hyperband>"),
              ("--max_trials=0", "--max_trials"), ("--tune_epochs=0", "--tune_epochs")]
-    for (flag, message), error in zip(cases, main_errors(*[["--mode=tune", flag]
-                                                           for flag, _ in cases])):
+    for (flag, message), (error, _) in zip(cases, main_errors(*[["--mode=tune", flag]
+                                                                for flag, _ in cases])):
         assert message in error, flag
 
 

@@ -19,7 +19,7 @@ from sskd_tf.training.config import RunConfig
 from sskd_tf.training.run import train
 from sskd_tf.training.teacher import load_teacher_weights
 
-from main_cli import ERROR_PREFIX, REPO, main_error
+from main_cli import ERROR_PREFIX, REPO, main_error, main_errors
 
 
 def test_a_flagfile_that_is_not_utf8_is_one_line(tmp_path):
@@ -308,12 +308,14 @@ def test_a_corrupt_image_and_weights_of_another_network_through_main_py(tmp_path
     root = _image_folder(tmp_path / "images", {"train": ("cat", "dog"), "test": ("cat", "dog")})
     truncated = root / "test" / "cat" / "0.png"
     truncated.write_bytes(truncated.read_bytes()[:40])
-    error, _ = main_error(f"--dataset=folder:{root}", "--image_size=8", "--teacher=resnet8",
-                          "--method=none", "--batch_size=2", f"--train_dir={tmp_path / 'run'}")
-    assert error.startswith(f"{ERROR_PREFIX} {truncated} is not a readable image (Invalid PNG")
     weights = tmp_path / "resnet14.weights.h5"
     models.build_model("resnet14", 10, (8, 8, 3)).save_weights(weights)
-    error, completed = main_error(*RUN[:-1], "--method=soft_logits", f"--teacher_weights={weights}",
-                                  f"--train_dir={tmp_path / 'run'}")
-    assert "does not fit resnet8: 56 weight arrays differ" in error and "(3, 3, 64, 64)" in error
-    assert "Warning" not in completed.stderr, completed.stderr[-2000:]
+    (image_error, _), (weights_error, stderr) = main_errors(
+        [f"--dataset=folder:{root}", "--image_size=8", "--teacher=resnet8", "--method=none",
+         "--batch_size=2", f"--train_dir={tmp_path / 'images_run'}"],
+        [*RUN[:-1], "--method=soft_logits", f"--teacher_weights={weights}",
+         f"--train_dir={tmp_path / 'run'}"])
+    assert image_error.startswith(f"{ERROR_PREFIX} {truncated} is not a readable image (Invalid PNG")
+    assert "does not fit resnet8: 56 weight arrays differ" in weights_error
+    assert "(3, 3, 64, 64)" in weights_error
+    assert "Warning" not in stderr, stderr[-2000:]
