@@ -108,8 +108,8 @@ def _shufflev1():
         for block in range(blocks):
             out = width - (inputs if block == 0 else 0)
             mid, groups = out // 4, 1 if inputs == 24 else 3
-            total += (_conv(inputs, mid, 1, groups) + _conv(mid, mid, 3, mid) + _conv(mid, out, 1, 3)
-                      + 2 * _bn(mid) + _bn(out))
+            total += (_conv(inputs, mid, 1, groups) + _conv(mid, mid, 3, mid)
+                      + _conv(mid, out, 1, 3) + 2 * _bn(mid) + _bn(out))
             inputs = width
     return total + _linear(960, CLASSES)
 
@@ -231,7 +231,8 @@ def test_the_authors_resnets_are_resnet8x4_and_resnet32x4_layer_for_layer():
         theirs = network(repdistiller)
         assert models.count_params(ours) == models.count_params(theirs) == (
             REPDISTILLER_PARAMS[repdistiller])
-        shapes = [sorted(tuple(w.shape) for w in model.trainable_weights) for model in (ours, theirs)]
+        shapes = [sorted(tuple(w.shape) for w in model.trainable_weights)
+                  for model in (ours, theirs)]
         assert shapes[0] == shapes[1]
         assert [tuple(t.shape) for t in ours.output["features"]] == [
             tuple(t.shape) for t in theirs.output["features"]]
@@ -264,8 +265,10 @@ def _torch_conv(x, kernel, stride, padding, groups=1):
         outputs = slice(group * outputs_per_group, (group + 1) * outputs_per_group)
         for row in range(height):
             for col in range(width):
-                window = x[:, row * stride:row * stride + size, col * stride:col * stride + size, inputs]
-                out[:, row, col, outputs] = np.einsum("bhwi,hwio->bo", window, kernel[..., outputs])
+                rows = slice(row * stride, row * stride + size)
+                cols = slice(col * stride, col * stride + size)
+                out[:, row, col, outputs] = np.einsum("bhwi,hwio->bo", x[:, rows, cols, inputs],
+                                                      kernel[..., outputs])
     return out
 
 

@@ -234,8 +234,9 @@ def pass_stream(images, labels, batch_size, augment, seed, mean=CIFAR_MEAN, std=
     Pass p is a permutation of the examples drawn by `stateless_shuffle` keyed by
     (shuffle key, p), cut into batches (the last one partial); batch `step` of it is
     normalised, then `augment(batch, batch_seed)` (the other way round with augment_pixels)
-    with batch_seed = fold_in((augment key, p), step). The two keys are split from `seed`. The skipped batches are dropped as index
-    ranges, before any image is gathered or augmented.
+    with batch_seed = fold_in((augment key, p), step). The two keys are split from `seed`.
+    The skipped batches are dropped as index ranges, before any image is gathered or
+    augmented.
     """
     count = len(labels)
     shuffle_key, augment_key = _stream_keys(seed)

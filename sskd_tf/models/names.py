@@ -67,8 +67,9 @@ for _family in ("vgg", "mobilenet", "resnext"):
 
 # RepDistiller's networks (models/crd/), one fixed name each.
 for _network, (_module, _arguments) in crd.NETWORKS.items():
-    MODELS.register(crd.PREFIX + _network, Family(f"crd.{_module}", re.escape(crd.PREFIX + _network),
-                                                  _fixed_arguments(_arguments)))
+    MODELS.register(crd.PREFIX + _network,
+                    Family(f"crd.{_module}", re.escape(crd.PREFIX + _network),
+                           _fixed_arguments(_arguments)))
 
 # The usual student of each family's teacher (the pairs of the paper and of the authors' code).
 _STUDENT_OF_FAMILY = {"resnet": "resnet8", "wrn": "wrn16_4"}

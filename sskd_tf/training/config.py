@@ -59,7 +59,8 @@ class RunConfig:
         recipe_name = self.recipe or METHODS.get(self.method).recipe or DEFAULT_RECIPE
         recipe = RECIPES.get(recipe_name)
         student = self.student or models.student_for(self.teacher)
-        defaults = {**dataclasses.asdict(recipe), "learning_rate": recipe.learning_rate_for(student),
+        defaults = {**dataclasses.asdict(recipe),
+                    "learning_rate": recipe.learning_rate_for(student),
                     **datasets.get_dataset_info(self.dataset).run_defaults}
         filled = {name: value for name, value in defaults.items()
                   if hasattr(self, name) and getattr(self, name) is None}

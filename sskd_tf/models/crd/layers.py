@@ -137,9 +137,24 @@ def global_average_pool(x, name):
 def linear(x, units, name, decay, kernel_initializer=None, bias_initializer=None):
     """`nn.Linear(in, units)`; initialisers default to PyTorch's `default_uniform(in)`."""
     fan_in = x.shape[-1]
-    return keras.layers.Dense(units, kernel_initializer=kernel_initializer or default_uniform(fan_in),
-                              bias_initializer=bias_initializer or default_uniform(fan_in),
-                              kernel_regularizer=decay, bias_regularizer=decay, name=name)(x)
+    return keras.layers.Dense(
+        units, kernel_initializer=kernel_initializer or default_uniform(fan_in),
+        bias_initializer=bias_initializer or default_uniform(fan_in),
+        kernel_regularizer=decay, bias_regularizer=decay, name=name)(x)
+
+
+def residual_stages(x, block, widths, blocks_per_stage, strides, names):
+    """The stages of RepDistiller's `_make_layer`: stage s (from 1) stacks blocks_per_stage
+    blocks `block(x, width, stride, name)`, the first at the stage's stride, the others at 1,
+    named `names.format(stage=s, block=b)`. Returns the last output and the output of every
+    stage (`forward`'s f1, f2, ...)."""
+    stage_outputs = []
+    for stage, (width, blocks, stride) in enumerate(zip(widths, blocks_per_stage, strides),
+                                                    start=1):
+        for index in range(blocks):
+            x = block(x, width, stride if index == 0 else 1, names.format(stage=stage, block=index))
+        stage_outputs.append(x)
+    return x, stage_outputs
 
 
 def channel_shuffle(x, groups, name):

@@ -13,6 +13,8 @@ last block after its ReLU (`layerS.B.out`; with preact=True the sum before it,
 `layerS.B.add`), f4 the pooled vector (`pool`). Taps: f1-f3, post-ReLU; for 32x32 inputs
 32x32xw1, 16x16xw2, 8x8xw3.
 """
+import functools
+
 from sskd_tf.models import common
 from sskd_tf.models.crd import layers
 
@@ -20,7 +22,7 @@ BATCH_NORM = layers.BATCH_NORM
 STAGE_STRIDES = (1, 2, 2)
 
 
-def _basic_block(x, width, stride, decay, prefix, batch_norm):
+def _basic_block(x, width, stride, prefix, decay, batch_norm):
     out = layers.conv(x, width, 3, f"{prefix}.conv1", decay, stride)
     out = layers.relu(layers.batch_norm(out, f"{prefix}.bn1", decay, batch_norm), f"{prefix}.relu")
     out = layers.conv(out, width, 3, f"{prefix}.conv2", decay)
@@ -38,12 +40,9 @@ def build(name, num_classes, input_shape, weight_decay, depth, widths, batch_nor
     image = layers.image_input(input_shape)
     x = layers.conv(image, widths[0], 3, "conv1", decay)
     x = layers.relu(layers.batch_norm(x, "bn1", decay, batch_norm), "relu")
-    taps = []
-    for stage, (width, stride) in enumerate(zip(widths[1:], STAGE_STRIDES), start=1):
-        for block in range((depth - 2) // 6):
-            x = _basic_block(x, width, stride if block == 0 else 1, decay,
-                             f"layer{stage}.{block}", batch_norm)
-        taps.append(x)
+    block = functools.partial(_basic_block, decay=decay, batch_norm=batch_norm)
+    x, taps = layers.residual_stages(x, block, widths[1:], [(depth - 2) // 6] * 3, STAGE_STRIDES,
+                                     "layer{stage}.{block}")
     x = layers.global_average_pool(x, "pool")
     logits = layers.linear(x, num_classes, "fc", decay)
     return common.network(image, logits, taps, name)

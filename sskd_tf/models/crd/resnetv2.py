@@ -14,6 +14,8 @@ last block after its ReLU (`layerS.B.out`; with preact=True the sum, `layerS.B.a
 pooled vector (`pool`). Taps: f1-f4, post-ReLU; for 32x32 inputs 32x32x256, 16x16x512,
 8x8x1024, 4x4x2048.
 """
+import functools
+
 from sskd_tf.models import common
 from sskd_tf.models.crd import layers
 
@@ -24,7 +26,7 @@ STAGE_STRIDES = (1, 2, 2, 2)
 EXPANSION = 4
 
 
-def _bottleneck(x, width, stride, decay, prefix, batch_norm):
+def _bottleneck(x, width, stride, prefix, decay, batch_norm):
     out = layers.conv(x, width, 1, f"{prefix}.conv1", decay)
     out = layers.relu(layers.batch_norm(out, f"{prefix}.bn1", decay, batch_norm), f"{prefix}.relu1")
     out = layers.conv(out, width, 3, f"{prefix}.conv2", decay, stride)
@@ -44,13 +46,9 @@ def build(name, num_classes, input_shape, weight_decay, blocks_per_stage, batch_
     image = layers.image_input(input_shape)
     x = layers.conv(image, STEM_WIDTH, 3, "conv1", decay)
     x = layers.relu(layers.batch_norm(x, "bn1", decay, batch_norm), "relu")
-    taps = []
-    for stage, (width, blocks, stride) in enumerate(
-            zip(STAGE_WIDTHS, blocks_per_stage, STAGE_STRIDES), start=1):
-        for block in range(blocks):
-            x = _bottleneck(x, width, stride if block == 0 else 1, decay,
-                            f"layer{stage}.{block}", batch_norm)
-        taps.append(x)
+    block = functools.partial(_bottleneck, decay=decay, batch_norm=batch_norm)
+    x, taps = layers.residual_stages(x, block, STAGE_WIDTHS, blocks_per_stage, STAGE_STRIDES,
+                                     "layer{stage}.{block}")
     x = layers.global_average_pool(x, "pool")
     logits = layers.linear(x, num_classes, "linear", decay)
     return common.network(image, logits, taps, name)

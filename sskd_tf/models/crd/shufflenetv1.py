@@ -13,8 +13,8 @@ weight and bias). Layers: `layers.py`.
 
 Features of `forward(is_feat=True)`: f0 the stem after ReLU (`relu`), f1-f3 each stage's
 last block after its ReLU (`layerS.B.out`; with preact=True the sum or concatenation
-before it, `layerS.B.preact`), f4 the pooled vector (`pool`). Taps: f1-f3, post-ReLU; for 32x32 inputs
-16x16x240, 8x8x480, 4x4x960.
+before it, `layerS.B.preact`), f4 the pooled vector (`pool`). Taps: f1-f3, post-ReLU; for
+32x32 inputs 16x16x240, 8x8x480, 4x4x960.
 """
 from sskd_tf.models import common
 from sskd_tf.models.crd import layers

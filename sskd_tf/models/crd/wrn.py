@@ -18,6 +18,8 @@ those BNs a second time to get them, which in training updates their statistics 
 Taps: f1-f3 as preact=False gives them, raw sums (they take negative values); for 32x32
 inputs 32x32x16k, 16x16x32k, 8x8x64k.
 """
+import functools
+
 from sskd_tf.models import common
 from sskd_tf.models.crd import layers
 
@@ -27,7 +29,7 @@ STAGE_WIDTHS = (16, 32, 64)
 STAGE_STRIDES = (1, 2, 2)
 
 
-def _block(x, width, stride, decay, prefix, batch_norm):
+def _block(x, width, stride, prefix, decay, batch_norm):
     activated = layers.relu(layers.batch_norm(x, f"{prefix}.bn1", decay, batch_norm),
                             f"{prefix}.relu1")
     out = layers.conv(activated, width, 3, f"{prefix}.conv1", decay, stride)
@@ -44,12 +46,10 @@ def build(name, num_classes, input_shape, weight_decay, depth, widen_factor,
     decay = common.l2_decay(weight_decay)
     image = layers.image_input(input_shape)
     x = layers.conv(image, STEM_WIDTH, 3, "conv1", decay)
-    taps = []
-    for stage, (width, stride) in enumerate(zip(STAGE_WIDTHS, STAGE_STRIDES), start=1):
-        for block in range((depth - 4) // 6):
-            x = _block(x, width * widen_factor, stride if block == 0 else 1, decay,
-                       f"block{stage}.layer.{block}", batch_norm)
-        taps.append(x)
+    block = functools.partial(_block, decay=decay, batch_norm=batch_norm)
+    x, taps = layers.residual_stages(x, block, [width * widen_factor for width in STAGE_WIDTHS],
+                                     [(depth - 4) // 6] * 3, STAGE_STRIDES,
+                                     "block{stage}.layer.{block}")
     x = layers.relu(layers.batch_norm(x, "bn1", decay, batch_norm), "relu")
     x = layers.global_average_pool(x, "pool")
     logits = layers.linear(x, num_classes, "fc", decay, bias_initializer="zeros")
