@@ -2,10 +2,10 @@
 in Keras.
 
 Padding: every convolution there pads kernel_size // 2 zeros on each side. Keras' "same"
-pads (k - 1) // 2 before and the rest after the window's overhang, which for a stride-2 3x3
-window over an even size is 0 before and 1 after: the sampling grid moves by one pixel. A
-strided window with padding is therefore an explicit `ZeroPadding2D` (named `<layer>.pad`)
-and a "valid" window; stride-1 windows are "same", the same zeros.
+pads max((out - 1) stride + k - in, 0) zeros in all, the smaller half before: for a stride-2
+3x3 window over an even size, 0 before and 1 after, which moves the sampling grid by one
+pixel. A strided window with padding is therefore an explicit `ZeroPadding2D` (named
+`<layer>.pad`) and a "valid" window; stride-1 windows are "same", the same zeros.
 
 Initialisers, transcribed from PyTorch (RepDistiller overrides them in some networks; each
 module says which it keeps):
