@@ -224,6 +224,18 @@ def test_names_the_usual_students_and_the_errors():
     assert network("resnet8x4").name == "crd_resnet8x4"
 
 
+def test_a_saved_network_loads_with_its_slices_and_weight_decay(tmp_path):
+    """ShuffleV2 splits channels by slicing (Keras operations, not layers) and ShuffleV1 its
+    grouped convolutions; a run saves its student as .keras and reloads its teacher."""
+    for name in ("ShuffleV1", "ShuffleV2"):
+        model = network(name)
+        model.save(tmp_path / f"{name}.keras")
+        loaded = keras.saving.load_model(tmp_path / f"{name}.keras", compile=False)
+        np.testing.assert_array_equal(loaded(images(), training=False)["logits"],
+                                      model(images(), training=False)["logits"])
+        assert len(loaded.losses) == len(model.losses)
+
+
 def test_the_authors_resnets_are_resnet8x4_and_resnet32x4_layer_for_layer():
     """docs/models.md: same layers, widths and parameters, other BN and initialisers."""
     for authors, repdistiller in (("resnet8", "resnet8x4"), ("resnet32", "resnet32x4")):
