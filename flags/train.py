@@ -9,25 +9,28 @@ STRATEGIES = ("default", "mirrored", "multi_worker")
 
 flags.DEFINE_enum("recipe", None, RECIPES.names(),
                   "kd_methods: KD_methods_with_TF (lr 0.1, 100 epochs, wd 5e-4); "
-                  "eccv2018: SSKD_SVD (lr 0.01, 200 epochs, wd 1e-4, rotation augmentation). "
-                  "Default: the method's own (eccv2018 for svd_eccv), else kd_methods.")
+                  "eccv2018: SSKD_SVD (lr 0.01, 200 epochs, wd 1e-4, rotation augmentation); "
+                  "crd2020: RepDistiller, the CRD benchmark (lr 0.05, 0.01 for crd:MobileNetV2 "
+                  "and the crd:ShuffleV1/V2; 240 epochs of batch 64, wd 5e-4, momentum without "
+                  "Nesterov). Default: the method's own (eccv2018 for svd_eccv), else kd_methods.")
 flags.DEFINE_enum("epoch_cut", None, EPOCH_CUTS,
                   "How steps make epochs (recipe: its own). kd_methods: full batches across "
                   "passes, epoch floor(step*B/N), int(E*N/B)+1 steps; eccv2018: full batches, "
                   "int(N/B) steps an epoch, int(E*N/B) steps; pass: one pass an epoch, its "
                   "last batch partial (ceil(N/B) steps).")
-flags.DEFINE_integer("epochs", None, "Training epochs (recipe: 100 / 200).", lower_bound=1,
-                     upper_bound=INT32_MAX)
-flags.DEFINE_integer("batch_size", None, "Global training batch (recipe: 128).", lower_bound=1,
-                     upper_bound=INT32_MAX)
+flags.DEFINE_integer("epochs", None, "Training epochs (recipe: 100 / 200 / 240).",
+                     lower_bound=1, upper_bound=INT32_MAX)
+flags.DEFINE_integer("batch_size", None, "Global training batch (recipe: 128 / 128 / 64).",
+                     lower_bound=1, upper_bound=INT32_MAX)
 flags.DEFINE_float("learning_rate", None,
-                   "Initial learning rate, a positive number (recipe: 0.1 / 0.01).")
+                   "Initial learning rate, a positive number (recipe: 0.1 / 0.01 / 0.05).")
 flags.DEFINE_list("lr_decay_points", None,
                   "Fractions of the epochs at which the learning rate decays, each strictly "
                   "between 0 and 1, increasing (recipe: 0.3,0.6,0.8).")
 flags.DEFINE_float("lr_decay_rate", None, "Learning-rate factor at each decay point (recipe: 0.1).",
                    lower_bound=0.0)
-flags.DEFINE_float("weight_decay", None, "L2 weight decay (recipe: 5e-4 / 1e-4).", lower_bound=0.0)
+flags.DEFINE_float("weight_decay", None, "L2 weight decay (recipe: 5e-4 / 1e-4 / 5e-4).",
+                   lower_bound=0.0)
 flags.DEFINE_enum("optimizer", None, OPTIMIZER_NAMES,
                   "tf1_momentum (recipe): TF1's MomentumOptimizer with Nesterov, whose momentum "
                   "accumulates gradients; keras_sgd: Keras' SGD, whose velocity carries the old "

@@ -371,6 +371,54 @@ def test_kd_methods_reflects_and_shares_one_crop_per_batch():
     assert any(0 < count < 16 for count in flip_counts)  # flips are drawn per image
 
 
+def _torchvision_crops(image, pad=4):
+    """RandomCrop(32, padding=4) then RandomHorizontalFlip, every outcome:
+    {(row, column, flipped): the crop of the zero-padded image}."""
+    padded = np.pad(image, [(pad, pad), (pad, pad), (0, 0)])
+    size = image.shape[0]
+    return {(row, col, flipped): (crop[:, ::-1] if flipped else crop)
+            for row in range(2 * pad + 1) for col in range(2 * pad + 1) for flipped in (False, True)
+            for crop in [padded[row:row + size, col:col + size]]}
+
+
+def test_crd2020_zero_pads_crops_and_flips_each_image_on_its_own():
+    image = np.arange(1, 32 * 32 * 3 + 1, dtype=np.float32).reshape(32, 32, 3)
+    crops = _torchvision_crops(image)
+    out = recipes.crd2020_augment(tf.constant(np.repeat(image[None], 16, axis=0)), _seed(5)).numpy()
+    outcomes = []
+    for augmented in out:
+        matches = [key for key, crop in crops.items() if np.array_equal(augmented, crop)]
+        assert len(matches) == 1
+        outcomes.append(matches[0])
+    assert len({(row, col) for row, col, _ in outcomes}) > 8  # offsets drawn per image
+    assert 0 < sum(flipped for _, _, flipped in outcomes) < 16  # flips drawn per image
+    assert (out == 0).any()  # the padding is black, not the mean colour
+
+
+# RepDistiller dataset/cifar100.py: ToTensor() then Normalize(mean, std), on [0, 1] RGB.
+REPDISTILLER_MEAN = np.array([0.5071, 0.4867, 0.4408])
+REPDISTILLER_STD = np.array([0.2675, 0.2565, 0.2761])
+
+
+def _torchvision_normalize(images):
+    return (images / 255.0 - REPDISTILLER_MEAN) / REPDISTILLER_STD
+
+
+def test_crd2020_pipeline_augments_the_pixels_then_normalises_with_cifars_rgb_constants():
+    train_ds, val_ds, _ = data.build_datasets("digits", batch_size=8, eval_batch_size=32,
+                                              recipe="crd2020", take_train=8, take_test=40)
+    train_images, _, test_images, _ = data.load_arrays("digits")
+    images, _ = next(iter(train_ds))
+    candidates = [_torchvision_normalize(crop) for image in train_images[:8]
+                  for crop in _torchvision_crops(image.astype(np.float64)).values()]
+    for augmented in images.numpy():
+        assert any(np.allclose(augmented, candidate, atol=1e-5) for candidate in candidates)
+    batches = [batch.numpy() for batch, _ in val_ds]
+    assert [len(batch) for batch in batches] == [32, 8]
+    np.testing.assert_allclose(np.concatenate(batches), _torchvision_normalize(test_images[:40]),
+                               atol=1e-5)
+
+
 def test_rotate_is_exact_at_right_angles():
     image = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype(np.float32)
     out = recipes.rotate(tf.constant(image), tf.constant([0.0, np.pi / 2])).numpy()

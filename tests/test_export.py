@@ -146,6 +146,20 @@ def test_int8_is_integer_only_and_agrees_with_keras_on_the_top1(exported_run, va
     assert payload["int8_accuracy_drop_exceeded"] == (payload["int8_accuracy_drop"] > 1.0)
 
 
+def test_the_export_normalises_with_the_runs_recipe():
+    """A crd2020 run validates on CIFAR-100's RGB constants (RepDistiller's Normalize of
+    [0, 1] images); the export measures it on the same inputs."""
+    from sskd_tf.export.exporter import run_data
+
+    settings = {"dataset": "digits", "recipe": "crd2020", "take_train": 8, "take_test": 4}
+    representative, images, labels = run_data(settings, ExportOptions(representative_samples=8))
+    train_images, _, test_images, test_labels = datasets.load_arrays("digits")
+    mean, std = np.array([0.5071, 0.4867, 0.4408]), np.array([0.2675, 0.2565, 0.2761])
+    np.testing.assert_allclose(images, (test_images[:4] / 255 - mean) / std, atol=1e-5)
+    np.testing.assert_allclose(representative, (train_images[:8] / 255 - mean) / std, atol=1e-5)
+    np.testing.assert_array_equal(labels, test_labels[:4])
+
+
 def test_an_int8_drop_beyond_the_threshold_is_flagged_in_the_report():
     rows = [{"format": name, "file": f"{name}.tflite", "size_bytes": 1024, "accuracy": accuracy,
              "agreement": 1.0, "max_abs_logit_difference": 0.0, "latency_ms": 1.0}

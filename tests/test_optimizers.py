@@ -190,3 +190,45 @@ def test_the_flags_reach_the_run_and_the_default_is_tf1_momentum():
     assert isinstance(distiller.optimizer, TF1Momentum) and distiller.optimizer.nesterov
     with pytest.raises(absl_flags.IllegalFlagValueError, match="tf1_momentum"):
         copy.deepcopy(absl_flags.FLAGS)(["main.py", "--optimizer=adam"])
+
+
+def pytorch_sgd_numpy(weights, gradients, rates, momentum, weight_decay):
+    """torch.optim.SGD(lr, momentum, dampening=0, weight_decay, nesterov=False).step in
+    float32: d_p = g + wd p; buf = d_p at the first step, else buf = m buf + d_p;
+    p -= lr buf. Returns the weights after each step."""
+    weights, buffer, history = weights.copy(), None, []
+    m, wd = np.float32(momentum), np.float32(weight_decay)
+    for gradient, rate in zip(gradients, rates):
+        d_p = gradient + wd * weights
+        buffer = d_p.copy() if buffer is None else buffer * m + d_p
+        weights = weights - np.float32(rate) * buffer
+        history.append(weights)
+    return history
+
+
+def test_the_crd2020_update_is_pytorchs_sgd_with_weight_decay_across_its_decays():
+    """The recipe's optimizer and schedule, at one step an epoch, with the weight decay as
+    the models attach it (an L2 loss), against RepDistiller's SGD and adjust_learning_rate
+    (x0.1 from the 1-based epochs 151, 181, 211)."""
+    from sskd_tf.models.common import l2_decay
+
+    recipe = RECIPES.get("crd2020")
+    schedule = learning_rate_schedule(recipe.learning_rate, recipe.lr_decay_points,
+                                      recipe.lr_decay_rate, recipe.epochs, EpochCut.of_steps(1))
+    optimizer = build_optimizer(recipe.optimizer, schedule, recipe.momentum, recipe.nesterov)
+    decay = l2_decay(recipe.weight_decay)
+    rng = np.random.default_rng(2)
+    gradients = [rng.normal(size=(3, 2)).astype(np.float32) for _ in range(recipe.epochs)]
+    variable = keras.Variable(_initial())
+    history = []
+    for gradient in gradients:
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(variable * gradient) + decay(variable)
+        optimizer.apply_gradients([(tape.gradient(loss, variable), variable)])
+        history.append(variable.numpy().copy())
+    rates = [0.05 * 0.1 ** np.sum(epoch > np.array([150, 180, 210]))
+             for epoch in range(1, recipe.epochs + 1)]
+    expected = pytorch_sgd_numpy(_initial(), gradients, rates, 0.9, 5e-4)
+    for step in (0, 1, 149, 150, 151, 179, 180, 210, 239):
+        np.testing.assert_allclose(history[step], expected[step], rtol=2e-5, atol=2e-6,
+                                   err_msg=f"step {step}")

@@ -126,3 +126,59 @@ def test_full_batches_run_across_the_passes():
                                 start_step=3)
     for (_, replayed), expected in zip(resumed.take(4).as_numpy_iterator(), drawn[3:7]):
         np.testing.assert_array_equal(replayed, expected)
+
+
+def repdistiller_loop(num_train=50_000, batch=64, epochs=240, learning_rate=0.05,
+                      decay_epochs=(150, 180, 210)):
+    """train_student.py: for epoch in 1..240, adjust_learning_rate (lr x 0.1 ** the number of
+    decay epochs below the epoch), then one DataLoader pass of ceil(N / B) batches."""
+    steps = math.ceil(num_train / batch)
+    rates = []
+    for epoch in range(1, epochs + 1):
+        rates += [learning_rate * 0.1 ** np.sum(epoch > np.asarray(decay_epochs))] * steps
+    return np.array(rates), steps
+
+
+def test_the_crd2020_schedule_is_repdistillers_loop():
+    from sskd_tf.training.recipes import RECIPES
+
+    recipe = RECIPES.get("crd2020")
+    cut = EpochCut(recipe.epoch_cut, 50_000, recipe.batch_size)
+    expected, steps_per_epoch = repdistiller_loop()
+    assert steps_per_epoch == 782 and cut.total_steps(recipe.epochs) == len(expected) == 187_680
+    schedule = learning_rate_schedule(recipe.learning_rate, recipe.lr_decay_points,
+                                      recipe.lr_decay_rate, recipe.epochs, cut)
+    rates = np.asarray(schedule(tf.range(len(expected), dtype=tf.int64)))
+    np.testing.assert_allclose(rates, expected, rtol=1e-6)
+    assert [int(np.argmax(rates < 0.05 * 0.1 ** i * 0.5)) for i in range(3)] == [
+        150 * 782, 180 * 782, 210 * 782]
+
+
+def _resolved(**fields):
+    from sskd_tf.training.config import RunConfig
+
+    return RunConfig(recipe="crd2020", teacher="crd:resnet32x4", **fields).resolved()
+
+
+def test_crd2020_trains_mobilenetv2_and_the_shufflenets_at_0_01():
+    """train_student.py: opt.learning_rate = 0.01 for MobileNetV2, ShuffleV1, ShuffleV2."""
+    rates = {student: _resolved(student=f"crd:{student}").learning_rate
+             for student in ("resnet8x4", "MobileNetV2", "ShuffleV1", "ShuffleV2", "vgg8")}
+    assert rates == {"resnet8x4": 0.05, "MobileNetV2": 0.01, "ShuffleV1": 0.01,
+                     "ShuffleV2": 0.01, "vgg8": 0.05}
+    assert _resolved(student="crd:ShuffleV1", learning_rate=0.2).learning_rate == 0.2
+    config = _resolved()
+    assert (config.student, config.batch_size, config.epochs, config.weight_decay,
+            config.epoch_cut) == ("crd:resnet8x4", 64, 240, 5e-4, "pass")
+
+
+def test_a_teacher_trained_by_crd2020_takes_its_own_learning_rate():
+    """train_teacher.py trains resnet32x4 at 0.05 whatever the student; a rate set by hand
+    is the run's, teacher included."""
+    from sskd_tf.training.run import teacher_run_config
+
+    teacher = teacher_run_config(_resolved(student="crd:ShuffleV1", train_dir="run"))
+    assert (teacher.student, teacher.learning_rate) == ("crd:resnet32x4", 0.05)
+    teacher = teacher_run_config(_resolved(student="crd:ShuffleV1", learning_rate=0.02,
+                                           train_dir="run"))
+    assert teacher.learning_rate == 0.02

@@ -21,7 +21,8 @@ Each batch is augmented whole: one vectorised map call per batch instead of one 
 keeps the pipeline well ahead of a CPU training step, and matches KD_methods_with_TF, which
 augments the fed batch (its crop offset is shared by the batch; see
 `recipes.kd_methods_augment`). The augmentation draws of a batch are keyed by the same
-coordinates as its examples.
+coordinates as its examples. A batch is normalised, then augmented, or for the recipes of
+`recipes.PIXEL_AUGMENTATIONS` augmented, then normalised.
 """
 import dataclasses
 import hashlib
@@ -34,7 +35,8 @@ import tensorflow as tf
 
 from sskd_tf.data.catalog import read_arrays, source_of
 from sskd_tf.data.names import DEFAULT_RECIPE
-from sskd_tf.data.recipes import AUGMENTATIONS, CIFAR_MEAN, CIFAR_STD, normalize
+from sskd_tf.data.recipes import (AUGMENTATIONS, CIFAR_MEAN, CIFAR_NORMALIZATIONS, CIFAR_STD,
+                                  PIXEL_AUGMENTATIONS, normalize)
 from sskd_tf.errors import UserError
 
 
@@ -44,7 +46,8 @@ class RunData:
 
     info: the DatasetInfo, counting the examples the splits really hold. digest: sha256 of
     the arrays the run trains and validates on (after slicing and resizing), which
-    identifies the data wherever they were read from.
+    identifies the data wherever they were read from. augment_pixels: `augment` acts on the
+    pixels, before normalisation.
     """
 
     train_images: np.ndarray
@@ -57,13 +60,14 @@ class RunData:
     validation: tf.data.Dataset
     info: object
     digest: str
+    augment_pixels: bool = False
 
     def training(self, start_step=0, full_batches=False):
         """The endless training stream from global step `start_step` on: full batches across
         passes (`full_batch_stream`) or one pass an epoch (`pass_stream`)."""
         stream = full_batch_stream if full_batches else pass_stream
         return stream(self.train_images, self.train_labels, self.batch_size, self.augment,
-                      self.seed, self.mean, self.std, start_step)
+                      self.seed, self.mean, self.std, start_step, self.augment_pixels)
 
 
 def load_run_data(name, data_dir=None, batch_size=128, eval_batch_size=200,
@@ -82,7 +86,7 @@ def load_run_data(name, data_dir=None, batch_size=128, eval_batch_size=200,
                        validation_split=validation_split, seed=seed)
     train_images, train_labels, test_images, test_labels = read_arrays(source, data_dir, download)
     train_images, test_images = resize(train_images, image_size), resize(test_images, image_size)
-    mean, std = normalization(source, name, data_dir, train_images)
+    mean, std = normalization(source, name, data_dir, train_images, recipe)
     train_images, train_labels = train_images[:take_train], train_labels[:take_train]
     test_images, test_labels = test_images[:take_test], test_labels[:take_test]
     if not len(train_labels) or not len(test_labels):
@@ -91,7 +95,8 @@ def load_run_data(name, data_dir=None, batch_size=128, eval_batch_size=200,
                                num_train=len(train_labels), num_test=len(test_labels))
     return RunData(train_images, train_labels, batch_size, augment, seed, mean, std,
                    evaluation_pipeline(test_images, test_labels, eval_batch_size, mean, std),
-                   info, array_digest(train_images, train_labels, test_images, test_labels))
+                   info, array_digest(train_images, train_labels, test_images, test_labels),
+                   augment_pixels=recipe in PIXEL_AUGMENTATIONS)
 
 
 def build_datasets(name, data_dir=None, batch_size=128, eval_batch_size=200,
@@ -150,12 +155,12 @@ def channel_statistics(images, chunk=4096):
     return mean, np.sqrt(np.maximum(squares / count - np.square(mean), 1e-12))
 
 
-def normalization(source, name, data_dir, train_images):
-    """(mean, std) per channel: the recipes' CIFAR constants for the registered datasets,
+def normalization(source, name, data_dir, train_images, recipe=DEFAULT_RECIPE):
+    """(mean, std) per channel: the recipe's CIFAR constants for the registered datasets,
     else statistics of the whole training split, computed once and cached (keyed by the
     dataset, its location and the split's shape)."""
     if source.normalization == "cifar":
-        return CIFAR_MEAN, CIFAR_STD
+        return CIFAR_NORMALIZATIONS[recipe]
     key = json.dumps([name, os.path.abspath(data_dir) if data_dir else None,
                       list(train_images.shape)])
     path = os.path.join(cache_dir(), "normalization",
@@ -183,20 +188,24 @@ def _pass_order(shuffle_key, count, pass_index):
     return tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), pass_key)
 
 
-def _batch_maker(images, labels, augment, mean, std):
+def _batch_maker(images, labels, augment, mean, std, augment_pixels):
     images, labels = tf.constant(images), tf.constant(labels)
 
     def make_batch(indices, batch_seed):
-        batch_images = normalize(tf.gather(images, indices), mean, std)
-        return augment(batch_images, batch_seed), tf.gather(labels, indices)
+        batch_images = tf.gather(images, indices)
+        if augment_pixels:
+            batch_images = normalize(augment(batch_images, batch_seed), mean, std)
+        else:
+            batch_images = augment(normalize(batch_images, mean, std), batch_seed)
+        return batch_images, tf.gather(labels, indices)
 
     return make_batch
 
 
 def full_batch_stream(images, labels, batch_size, augment, seed, mean=CIFAR_MEAN, std=CIFAR_STD,
-                      start_step=0):
-    """Endless full batches of uint8 `images` normalised by (mean, std), from global step
-    `start_step` on.
+                      start_step=0, augment_pixels=False):
+    """Endless full batches of uint8 `images` normalised by (mean, std) and augmented (after
+    normalising, or before with augment_pixels), from global step `start_step` on.
 
     The examples flow pass after pass, pass p in the order of `stateless_shuffle` keyed by
     (shuffle key, p), and every B consecutive ones make a batch, across the passes'
@@ -206,7 +215,7 @@ def full_batch_stream(images, labels, batch_size, augment, seed, mean=CIFAR_MEAN
     """
     count = len(labels)
     shuffle_key, augment_key = _stream_keys(seed)
-    make_batch = _batch_maker(images, labels, augment, mean, std)
+    make_batch = _batch_maker(images, labels, augment, mean, std, augment_pixels)
     first_position = start_step * batch_size
 
     def batch(step, indices):
@@ -223,20 +232,21 @@ def full_batch_stream(images, labels, batch_size, augment, seed, mean=CIFAR_MEAN
 
 
 def pass_stream(images, labels, batch_size, augment, seed, mean=CIFAR_MEAN, std=CIFAR_STD,
-                start_step=0):
+                start_step=0, augment_pixels=False):
     """Endless batches of uint8 `images` normalised by (mean, std), one pass after another,
     from global step `start_step` on (pass start_step // S, batch start_step % S of it, with
     S = ceil(N / B) batches a pass).
 
     Pass p is a permutation of the examples drawn by `stateless_shuffle` keyed by
     (shuffle key, p), cut into batches (the last one partial); batch `step` of it is
-    normalised, then `augment(batch, batch_seed)` with batch_seed = fold_in((augment key, p),
-    step). The two keys are split from `seed`. The skipped batches are dropped as index
-    ranges, before any image is gathered or augmented.
+    normalised, then `augment(batch, batch_seed)` (the other way round with augment_pixels)
+    with batch_seed = fold_in((augment key, p), step). The two keys are split from `seed`.
+    The skipped batches are dropped as index ranges, before any image is gathered or
+    augmented.
     """
     count = len(labels)
     shuffle_key, augment_key = _stream_keys(seed)
-    make_batch = _batch_maker(images, labels, augment, mean, std)
+    make_batch = _batch_maker(images, labels, augment, mean, std, augment_pixels)
     start_pass, skip_steps = divmod(start_step, -(-count // batch_size))
 
     def batch_indices(pass_index):

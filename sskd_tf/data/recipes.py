@@ -1,10 +1,13 @@
 """Preprocessing and augmentation recipes, applied to whole batches inside the tf.data graph.
 
-Both recipes normalise with the authors' constants. They are CIFAR-100's per-channel mean and
+The authors' two recipes normalise with their constants, CIFAR-100's per-channel mean and
 standard deviation listed in B, G, R order, while the images are RGB: red is centred with blue's
 mean and the other way round. Both of the authors' pipelines do this; it is kept so that the
 networks see the same inputs (it is only a different fixed affine map per channel, which the
-first convolution absorbs).
+first convolution absorbs). crd2020 (RepDistiller) normalises with CIFAR-100's RGB constants.
+
+The authors' recipes augment normalised images; crd2020 augments the pixels and normalises
+after, as torchvision's transforms run before ToTensor and Normalize (`PIXEL_AUGMENTATIONS`).
 
 All randomness is stateless and drawn from the `seed` given with each batch, so a pipeline
 replays exactly from its seed.
@@ -17,6 +20,15 @@ from sskd_tf.registry import Registry
 
 CIFAR_MEAN = (112.4776, 124.1058, 129.3773)
 CIFAR_STD = (70.4587, 65.4312, 68.2094)
+# RepDistiller `dataset/cifar100.py`: Normalize((0.5071, 0.4867, 0.4408), (0.2675, 0.2565,
+# 0.2761)) of [0, 1] RGB images, here on the 0-255 scale of the uint8 images.
+CRD_MEAN = tuple(255 * value for value in (0.5071, 0.4867, 0.4408))
+CRD_STD = tuple(255 * value for value in (0.2675, 0.2565, 0.2761))
+# The constants each recipe normalises the CIFAR datasets with (mean, std per channel).
+CIFAR_NORMALIZATIONS = {"kd_methods": (CIFAR_MEAN, CIFAR_STD), "eccv2018": (CIFAR_MEAN, CIFAR_STD),
+                        "crd2020": (CRD_MEAN, CRD_STD)}
+# The recipes whose augmentation acts on the pixel values, before normalisation.
+PIXEL_AUGMENTATIONS = ("crd2020",)
 PAD = 4
 PAD_IMAGE_SIZE = 32  # the recipes pad 4 pixels of a 32x32 image; other sizes pad in proportion
 MAX_ROTATION_DEGREES = 15.0
@@ -46,6 +58,15 @@ def crop(images, offsets, size):
     window = tf.range(size)
     rows = tf.gather(images, offsets[:, :1] + window, axis=1, batch_dims=1)
     return tf.gather(rows, offsets[:, 1:] + window, axis=2, batch_dims=1)
+
+
+def zero_pad_and_crop(images, pad, seed):
+    """Zero-pads `pad` pixels on each side, then crops each image back to its size at its own
+    random offset, uniform in [0, 2 pad] along each axis."""
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+    offsets = tf.random.stateless_uniform([tf.shape(images)[0], 2], seed, maxval=2 * pad + 1,
+                                          dtype=tf.int32)
+    return crop(padded, offsets, tf.shape(images)[1])
 
 
 def rotate(images, angles):
@@ -98,8 +119,14 @@ def eccv2018_augment(images, seed):
     max_angle = math.radians(MAX_ROTATION_DEGREES)
     images = rotate(images, tf.random.stateless_uniform(
         [batch], angle_seed, minval=-max_angle, maxval=max_angle))
-    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
-    offsets = tf.random.stateless_uniform([batch, 2], crop_seed, maxval=2 * pad + 1,
-                                          dtype=tf.int32)
-    return crop(padded, offsets, tf.shape(images)[1])
+    return zero_pad_and_crop(images, pad, crop_seed)
 
+
+@AUGMENTATIONS.register("crd2020")
+def crd2020_augment(images, seed):
+    """RepDistiller `dataset/cifar100.py`: RandomCrop(32, padding=4), then RandomHorizontalFlip,
+    on the pixels (`PIXEL_AUGMENTATIONS`): zero-pad 4 (black, before normalisation), a random
+    32x32 crop and a flip with probability 1/2, both drawn per image (padding in proportion at
+    other sizes)."""
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    return random_flip_left_right(zero_pad_and_crop(images, padding(images), crop_seed), flip_seed)

@@ -21,7 +21,8 @@ from absl import logging
 
 from sskd_tf import data as datasets
 from sskd_tf import models
-from sskd_tf.data.pipeline import resize
+from sskd_tf.data.catalog import source_of
+from sskd_tf.data.pipeline import normalization, resize
 from sskd_tf.data.recipes import normalize
 from sskd_tf.errors import UserError
 from sskd_tf.export import interpreter, report
@@ -83,17 +84,20 @@ def load_student(train_dir):
 
 def run_data(settings, options):
     """(representative images, validation images, validation labels) of the run, images
-    resized to the run's --image_size and normalised as its evaluation pipeline does."""
+    resized to the run's --image_size and normalised as its evaluation pipeline does (its
+    recipe's constants, or its training split's statistics)."""
     data_dir = options.data_dir or settings.get("data_dir")
-    train_images, _, test_images, test_labels = datasets.load_arrays(settings["dataset"], data_dir)
+    name = settings["dataset"]
+    train_images, _, test_images, test_labels = datasets.load_arrays(name, data_dir)
     image_size = settings.get("image_size")
     train_images, test_images = resize(train_images, image_size), resize(test_images, image_size)
+    mean, std = normalization(source_of(name), name, data_dir, train_images, settings["recipe"])
     train_images = train_images[:settings.get("take_train")]
     chosen = np.random.default_rng(settings.get("seed", 0)).choice(
         len(train_images), min(options.representative_samples, len(train_images)), replace=False)
     test_slice = slice(None, settings.get("take_test"))
-    return (normalize(train_images[np.sort(chosen)]).numpy(),
-            normalize(test_images[test_slice]).numpy(), test_labels[test_slice])
+    return (normalize(train_images[np.sort(chosen)], mean, std).numpy(),
+            normalize(test_images[test_slice], mean, std).numpy(), test_labels[test_slice])
 
 
 def keras_logits(model, images, batch_size=interpreter.EVAL_BATCH):

@@ -23,8 +23,8 @@ _LAZY_ATTRIBUTES = {
 
 def build_model(name, num_classes, input_shape=(32, 32, 3), weight_decay=0.0, taps=(),
                 role="model", keras_batch_norm=False):
-    """Build the network `name` (e.g. `resnet32`, `wrn16_4`, `vgg_teacher`, a `.keras`
-    file, `keras:ResNet50`).
+    """Build the network `name` (e.g. `resnet32`, `wrn16_4`, `vgg_teacher`, RepDistiller's
+    `crd:resnet8x4`, a `.keras` file, `keras:ResNet50`).
 
     weight_decay > 0 attaches `keras.regularizers.L2(weight_decay / 2)` to the variables
     the authors decay for that family, so that `sum(model.losses)` equals their
@@ -32,7 +32,8 @@ def build_model(name, num_classes, input_shape=(32, 32, 3), weight_decay=0.0, ta
     keep their own regularisers. taps: layer names whose outputs replace the
     network's own distillation taps (required for outside networks, which have none).
     Each family's `BATCH_NORM` is the BN layer of the authors' code (ResNet, MobileNet,
-    ResNeXt: slim's, with a Bessel-corrected moving variance; WRN: Keras'); with
+    ResNeXt: slim's, with a Bessel-corrected moving variance; WRN: Keras'; RepDistiller's
+    `crd:` networks: PyTorch's, which is slim's); with
     keras_batch_norm every BN layer is Keras' own (biased moving variance).
     """
     if is_external(name):
@@ -42,12 +43,14 @@ def build_model(name, num_classes, input_shape=(32, 32, 3), weight_decay=0.0, ta
     family = importlib.import_module(f"sskd_tf.models.{module}")
     if keras_batch_norm and family.BATCH_NORM is not None:
         arguments["batch_norm"] = importlib.import_module("keras").layers.BatchNormalization
-    model = family.build(name=name, num_classes=num_classes, input_shape=tuple(input_shape),
+    # TensorFlow's name scopes refuse ':' (crd:resnet8x4 -> crd_resnet8x4).
+    model_name = name.replace(":", "_")
+    model = family.build(name=model_name, num_classes=num_classes, input_shape=tuple(input_shape),
                          weight_decay=weight_decay, **arguments)
     if not taps:
         return model
     tap_model = importlib.import_module("sskd_tf.taps").tap_model
-    return tap_model(__getattr__("logits_model")(model), taps, role, name=name)
+    return tap_model(__getattr__("logits_model")(model), taps, role, name=model_name)
 
 
 def __getattr__(attribute):

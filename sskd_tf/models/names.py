@@ -1,6 +1,6 @@
 """Model names, parsed without importing TensorFlow so that flags can validate them.
 
-A name is either fixed (`vgg_teacher`) or a member of a parametric family
+A name is either fixed (`vgg_teacher`, `crd:resnet8x4`) or a member of a parametric family
 (`resnet{6n+2}`, `wrn{6n+4}_{k}`). The registry maps the pattern shown to users
 to a `Family`, which recognises its members and names the module that builds them.
 """
@@ -9,6 +9,7 @@ import re
 from typing import Callable, Optional
 
 from sskd_tf.errors import UserError
+from sskd_tf.models import crd
 from sskd_tf.registry import Registry
 
 
@@ -49,6 +50,10 @@ def _role_arguments(role):
     return lambda match: {"role": role}
 
 
+def _fixed_arguments(arguments):
+    return lambda match: dict(arguments)
+
+
 MODELS = Registry("model")
 MODELS.register("resnet{6n+2}",
                 Family("resnet", r"resnet(?P<depth>[1-9][0-9]*)", _resnet_arguments))
@@ -60,8 +65,17 @@ for _family in ("vgg", "mobilenet", "resnext"):
         MODELS.register(f"{_family}_{_role}",
                         Family(_family, f"{_family}_{_role}", _role_arguments(_role)))
 
+# RepDistiller's networks (models/crd/), one fixed name each.
+for _network, (_module, _arguments) in crd.NETWORKS.items():
+    MODELS.register(crd.PREFIX + _network,
+                    Family(f"crd.{_module}", re.escape(crd.PREFIX + _network),
+                           _fixed_arguments(_arguments)))
+
 # The usual student of each family's teacher (the pairs of the paper and of the authors' code).
 _STUDENT_OF_FAMILY = {"resnet": "resnet8", "wrn": "wrn16_4"}
+# The usual student of single teachers (RepDistiller's benchmark pairs).
+_STUDENT_OF_TEACHER = {crd.PREFIX + teacher: crd.PREFIX + student
+                       for teacher, student in crd.USUAL_STUDENTS.items()}
 
 
 KERAS_PREFIX = "keras:"
@@ -101,10 +115,17 @@ def is_model_name(name):
 
 def student_for(teacher_name):
     """The student the authors pair with `teacher_name`: resnet* -> resnet8,
-    wrn* -> wrn16_4, X_teacher -> X_student (a student name maps to itself)."""
+    wrn* -> wrn16_4, X_teacher -> X_student (a student name maps to itself), and
+    RepDistiller's first pair of each of its teachers (crd:resnet32x4 -> crd:resnet8x4,
+    `crd.USUAL_STUDENTS`); UserError for a network without a usual student."""
+    no_student = UserError(f"the teacher {teacher_name!r} has no usual student: pass --student")
     if is_external(teacher_name):
-        raise UserError(f"the teacher {teacher_name!r} has no usual student: pass --student")
-    module, _ = parse_model_name(teacher_name)
+        raise no_student
+    module, arguments = parse_model_name(teacher_name)
+    if teacher_name in _STUDENT_OF_TEACHER:
+        return _STUDENT_OF_TEACHER[teacher_name]
     if module in _STUDENT_OF_FAMILY:
         return _STUDENT_OF_FAMILY[module]
+    if "role" not in arguments:
+        raise no_student
     return f"{module}_student"

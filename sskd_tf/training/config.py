@@ -1,6 +1,6 @@
 """The configuration of one training run (RunConfig) and how its unset fields are
 resolved: the recipe (the method's own, e.g. eccv2018 for svd_eccv, else kd_methods), then
-the dataset's run defaults, then the recipe's values."""
+the dataset's run defaults, then the recipe's values (its learning rate for the student)."""
 import dataclasses
 
 from sskd_tf import data as datasets
@@ -57,11 +57,13 @@ class RunConfig:
         from sskd_tf.distill import METHODS
 
         recipe_name = self.recipe or METHODS.get(self.method).recipe or DEFAULT_RECIPE
-        recipe = dataclasses.asdict(RECIPES.get(recipe_name))
-        defaults = {**recipe, **datasets.get_dataset_info(self.dataset).run_defaults}
+        recipe = RECIPES.get(recipe_name)
+        student = self.student or models.student_for(self.teacher)
+        defaults = {**dataclasses.asdict(recipe),
+                    "learning_rate": recipe.learning_rate_for(student),
+                    **datasets.get_dataset_info(self.dataset).run_defaults}
         filled = {name: value for name, value in defaults.items()
                   if hasattr(self, name) and getattr(self, name) is None}
-        student = self.student or models.student_for(self.teacher)
         return dataclasses.replace(self, student=student, recipe=recipe_name, **filled)
 
 

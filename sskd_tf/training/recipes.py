@@ -1,4 +1,5 @@
-"""The authors' two training recipes (docs/method.md section 5)."""
+"""The authors' two training recipes (docs/method.md section 5) and RepDistiller's, the
+benchmark of CRD (Tian et al., ICLR 2020) and its successors (docs/models.md)."""
 import dataclasses
 
 from sskd_tf.registry import Registry
@@ -13,7 +14,12 @@ EPOCH_CUTS = ("kd_methods", "eccv2018", "pass")
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """Optimisation hyperparameters of one recipe; flags override any field."""
+    """Optimisation hyperparameters of one recipe; flags override any field.
+
+    network_learning_rates: (network name, learning rate) pairs that replace
+    `learning_rate` when the recipe trains the network named, as student or as teacher
+    (`learning_rate_for`).
+    """
 
     learning_rate: float
     batch_size: int
@@ -27,6 +33,11 @@ class Recipe:
     clip_rule: str = "kd_methods"
     optimizer: str = "tf1_momentum"
     epoch_cut: str = "kd_methods"
+    network_learning_rates: tuple = ()
+
+    def learning_rate_for(self, network):
+        """The initial learning rate of training the network `network` by this recipe."""
+        return dict(self.network_learning_rates).get(network, self.learning_rate)
 
 
 RECIPES.register("kd_methods", Recipe(
@@ -43,6 +54,19 @@ RECIPES.register("kd_methods", Recipe(
 RECIPES.register("eccv2018", Recipe(
     learning_rate=0.01, batch_size=128, epochs=200, lr_decay_points=(0.5, 0.75),
     lr_decay_rate=0.1, weight_decay=1e-4, clip_rule="eccv2018", epoch_cut="eccv2018",
+))
+
+# RepDistiller train_student.py (and train_teacher.py): 240 epochs of batch 64, lr 0.05 x0.1
+# after epochs 150, 180 and 210 (0.625, 0.75, 0.875 of 240), lr 0.01 for the MobileNetV2 and
+# ShuffleNet networks, SGD(momentum=0.9, weight_decay=5e-4): PyTorch's momentum, buf <- 0.9 buf
+# + g, w <- w - lr buf, the accumulator of TF1's MomentumOptimizer without Nesterov, g holding
+# wd * w (the L2 losses of the models' weight decay). One shuffled pass an epoch, its last
+# batch partial (DataLoader(shuffle=True), drop_last False); validation in batches of 64 / 2.
+RECIPES.register("crd2020", Recipe(
+    learning_rate=0.05, batch_size=64, epochs=240, lr_decay_points=(0.625, 0.75, 0.875),
+    lr_decay_rate=0.1, weight_decay=5e-4, eval_batch_size=32, nesterov=False, epoch_cut="pass",
+    network_learning_rates=tuple((f"crd:{network}", 0.01)
+                                 for network in ("MobileNetV2", "ShuffleV1", "ShuffleV2")),
 ))
 
 

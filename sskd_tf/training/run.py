@@ -48,11 +48,17 @@ RUN_ENTRIES = (run_callbacks.CHECKPOINT_DIR, run_callbacks.HISTORY_FILE, RESULTS
 
 def teacher_run_config(config):
     """The config of the run that trains `config`'s teacher in train_dir/teacher/: the
-    same recipe, data and seed, no distillation."""
+    same recipe, data and seed, no distillation. A learning rate that is the recipe's for
+    the student becomes the recipe's for the teacher (`Recipe.learning_rate_for`: crd2020
+    trains a ShuffleNet at 0.01, its teachers at 0.05); any other is kept."""
+    recipe = RECIPES.get(config.recipe)
+    learning_rate = config.learning_rate
+    if learning_rate == recipe.learning_rate_for(config.student):
+        learning_rate = recipe.learning_rate_for(config.teacher)
     return dataclasses.replace(
         config, method="none", student=config.teacher, student_taps=config.teacher_taps,
         method_options={}, train_dir=os.path.join(config.train_dir, TEACHER_DIR),
-        overwrite=False, teacher_weights=None)
+        overwrite=False, teacher_weights=None, learning_rate=learning_rate)
 
 
 def teacher_identity(config):
