@@ -2,7 +2,7 @@
 (batch 128: [128, 1024, 64], [128, 256, 128], [128, 64, 256]), for `tf.linalg.svd`
 (`linalg.svd`), KD-EID's Gram route (`linalg.eid`) and the "gram" backend
 (`linalg.gram_svd`; also in float64 throughout, to price the precision, and compiled
-by XLA) and the "batched" backend (`linalg_batched.batched_svd`, its first 4
+by XLA) and the "batched" backend (`linalg.batched.batched_svd`, its first 4
 components, eager graph and XLA), each with the authors' original gradient; and the error of the kept
 components against a float64 `tf.linalg.svd`, up to the sign of each column.
 `tf.linalg.svd` under XLA is left out: on this CPU its first call on the first tap
@@ -11,7 +11,8 @@ had not finished after 15 minutes (docs/benchmarks.md).
 import numpy as np
 import tensorflow as tf
 
-from sskd_tf import linalg, linalg_batched
+from sskd_tf import linalg
+from sskd_tf.linalg import batched as linalg_batched
 
 TAP_MATRICES = ((1024, 64), (256, 128), (64, 256))
 KEPT = 4

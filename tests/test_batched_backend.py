@@ -1,4 +1,4 @@
-"""The "batched" backend (sskd_tf/linalg_batched.py): only batched dense operations in
+"""The "batched" backend (sskd_tf/linalg/batched.py): only batched dense operations in
 the traced train step, forward and backward; the factors, loss and gradients of the
 "gram" backend on the resnet32 -> resnet8 tap shapes and on degenerate spectra, eagerly
 and under XLA; and the placement of the decompositions (--decomposition_device)."""
@@ -15,9 +15,11 @@ import tensorflow as tf
 from absl import flags as absl_flags
 
 import flags  # noqa: F401  (defines the flags of main.py)
-from sskd_tf import linalg, linalg_batched
+from sskd_tf import linalg
+from sskd_tf.linalg import batched as linalg_batched
 from sskd_tf.distill import build_method
-from sskd_tf.distill.kd_svd import decomposition_device, svd_kd_loss
+from sskd_tf.distill.kd_svd import svd_kd_loss
+from sskd_tf.linalg import decomposition_device
 from sskd_tf.modes.run_config import config_from_flags
 from sskd_tf.training.distiller import Distiller
 

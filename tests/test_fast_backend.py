@@ -11,6 +11,7 @@ from absl import flags as absl_flags
 
 import flags  # noqa: F401  (defines the flags of main.py)
 from sskd_tf import linalg
+from sskd_tf.linalg import dense
 from sskd_tf.distill import build_method
 from sskd_tf.distill.kd_svd import BACKENDS, svd_kd_loss
 from sskd_tf.modes.run_config import config_from_flags
@@ -42,8 +43,8 @@ def _signed(decomposition):
 def svd_with_gram_signs(monkeypatch):
     """Makes backend "linalg_svd" (tf.linalg.svd, and KD-EID's own route) follow the gram
     backend's sign rule, so that the two backends can be compared value for value."""
-    monkeypatch.setattr(linalg, "_thin_svd", _signed(linalg._thin_svd))
-    monkeypatch.setattr(linalg, "_gram_decomposition", _signed(linalg._gram_decomposition))
+    monkeypatch.setattr(dense, "_thin_svd", _signed(dense._thin_svd))
+    monkeypatch.setattr(dense, "_gram_decomposition", _signed(dense._gram_decomposition))
 
 
 def _loss_and_grads(student, teacher, variant, gradient, backend):
@@ -85,7 +86,7 @@ def _assert_gradients_of_svd_backend(backend, variant, gradient, seeds):
 def test_factors_are_tf_svd_factors_with_fixed_signs(shape):
     x = tf.constant(np.random.default_rng(0).normal(size=shape))
     s, u, v = linalg.gram_svd(x)
-    s_ref, u_ref, v_ref = _signed(linalg._thin_svd)(x)
+    s_ref, u_ref, v_ref = _signed(dense._thin_svd)(x)
     np.testing.assert_allclose(s.numpy(), s_ref.numpy(), rtol=1e-10)
     np.testing.assert_allclose(u.numpy(), u_ref.numpy(), atol=1e-9)
     np.testing.assert_allclose(v.numpy(), v_ref.numpy(), atol=1e-9)
@@ -106,10 +107,10 @@ def test_float32_kept_components_as_accurate_as_tf_svd():
     loss keeps (4) are as close to a float64 SVD as tf.linalg.svd's own are."""
     for fmap in _maps(RESNET_TAPS, batch=4, seed=2):
         x = tf.constant(fmap.reshape(4, -1, fmap.shape[-1]))
-        s64, _, v64 = (t.numpy()[..., :4] for t in _signed(linalg._thin_svd)(tf.cast(x, tf.float64)))
+        s64, _, v64 = (t.numpy()[..., :4] for t in _signed(dense._thin_svd)(tf.cast(x, tf.float64)))
         s64 = s64[:, :4]
         errors = {}
-        for name, decompose in (("gram", linalg.gram_svd), ("linalg_svd", _signed(linalg._thin_svd))):
+        for name, decompose in (("gram", linalg.gram_svd), ("linalg_svd", _signed(dense._thin_svd))):
             s, _, v = decompose(x)
             errors[name] = (np.max(np.abs(s.numpy()[:, :4] - s64) / s64[:, :1]),
                             np.max(np.abs(v.numpy()[:, :, :4] - v64)))
@@ -142,7 +143,7 @@ def test_float32_gradients_close_to_the_svd_backend(svd_with_gram_signs):
 def _teacher_relative_signs_agree(teacher):
     """Per sample: do tf.linalg.svd's leading teacher vectors of consecutive taps have
     the same relative signs as under the gram sign rule?"""
-    signs = [linalg.column_signs(linalg._thin_svd(tf.constant(m.reshape(m.shape[0], -1, m.shape[-1])))[2])
+    signs = [linalg.column_signs(dense._thin_svd(tf.constant(m.reshape(m.shape[0], -1, m.shape[-1])))[2])
              .numpy()[:, 0] for m in teacher]
     return np.all([a * b > 0 for a, b in zip(signs[1:], signs[:-1])], axis=0)
 

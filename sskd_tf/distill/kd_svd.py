@@ -24,12 +24,13 @@ backward formulas:
   teacher's, so only the teacher's signs matter; the 2018 release aligns the
   teacher's to the student's, so there only the student's do.
 """
+import functools
 import math
 
 import keras
 import tensorflow as tf
 
-from sskd_tf import linalg, linalg_batched
+from sskd_tf import linalg
 from sskd_tf.distill.base import METHODS, DistillationMethod
 from sskd_tf.errors import UserError
 
@@ -68,10 +69,6 @@ DECOMPOSITION_DEVICES = COMMAND_LINE_OPTIONS["decomposition_device"]["choices"]
 RBF_WIDTH = 8.0
 
 
-def _finite_or_zero(x):
-    return tf.where(tf.math.is_finite(x), x, tf.zeros_like(x))
-
-
 def _check_feature_maps(student_feats, teacher_feats):
     if len(student_feats) != len(teacher_feats):
         raise UserError(
@@ -107,8 +104,8 @@ def leading_components(s, v, n):
     """First n singular values and right vectors, non-finite entries zeroed,
     L2-normalised (s over components, each v column over its length): docs/method.md section 1,
     steps 2-3. `tf.math.l2_normalize` is the normalisation of the refined code."""
-    s = tf.math.l2_normalize(_finite_or_zero(s)[:, :n], axis=1)
-    v = tf.math.l2_normalize(_finite_or_zero(v)[:, :, :n], axis=1)
+    s = tf.math.l2_normalize(linalg.finite_or_zero(s)[:, :n], axis=1)
+    v = tf.math.l2_normalize(linalg.finite_or_zero(v)[:, :, :n], axis=1)
     return s, v
 
 
@@ -137,7 +134,7 @@ def refined_loss_from_components(student_vs, teacher_ss, teacher_vs, rbf_width=R
             student_r = rbf_correlation(student_v, previous[0], rbf_width)
             teacher_r = rbf_correlation(teacher_v, previous[1], rbf_width)
             squared = tf.square(student_r - tf.stop_gradient(teacher_r))
-            losses.append(tf.reduce_sum(_finite_or_zero(squared)))
+            losses.append(tf.reduce_sum(linalg.finite_or_zero(squared)))
         previous = (student_v, teacher_v)
     return tf.add_n(losses)
 
@@ -256,84 +253,18 @@ def _eccv_loss(student_feats, teacher_feats, decompose_student, decompose_teache
 # ---------------------------------------------------------------- public API
 
 
-def check_backend(backend):
-    """Raise a UserError naming the choices unless `backend` is one of BACKENDS."""
-    if backend not in BACKENDS:
-        raise UserError(f"unknown SVD backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-
-
-def _decomposition(variant, gradient, backend, components):
-    """x -> (s, u, v) of a variant with a `linalg.BACKENDS` backend or "batched": KD-EID's
-    own route for "eid", else the plain SVD. "batched" computes only the first
-    `components`. Looked up at call time (tests replace linalg functions)."""
-    if backend == "batched":
-        route = linalg_batched.batched_eid if variant == "eid" else linalg_batched.batched_svd
-        return lambda x: route(x, gradient, components)
-    if variant == "eid":
-        return lambda x: linalg.eid(x, gradient, backend)
-    if backend == "gram":
-        return lambda x: linalg.gram_svd(x, gradient)
-    return lambda x: linalg.svd(x, gradient)
-
-
-def _decompositions(variant, gradient, backend, components):
-    """(student, teacher) decompositions of a variant with a BACKENDS backend;
-    `components`: (student, teacher) numbers of components the loss keeps."""
-    student_components, teacher_components = components
-    if backend != "hybrid":
-        return (_decomposition(variant, gradient, backend, student_components),
-                _decomposition(variant, gradient, backend, teacher_components))
-    faithful = _decomposition(variant, gradient, "linalg_svd", None)
-    fast = _decomposition(variant, gradient, "gram", None)
-    return (faithful, fast) if variant == "eccv" else (fast, faithful)
-
-
-def _placed_decompositions(variant, gradient, backend, components, device):
-    return [_placed(decompose, device)
-            for decompose in _decompositions(variant, gradient, backend, components)]
-
-
-def _step_device():
-    """The device the current step runs on: the requested device of an op created here
-    (a replica's device under MirroredStrategy, or a `tf.device` scope), else the device
-    TensorFlow prefers by default (the first accelerator, if any)."""
-    requested = tf.constant(0.0).device
-    if requested:
-        return tf.DeviceSpec.from_string(requested)
-    for kind in ("TPU", "GPU"):
-        if tf.config.list_logical_devices(kind):
-            return tf.DeviceSpec(device_type=kind, device_index=0)
-    return tf.DeviceSpec(device_type="CPU", device_index=0)
-
-
-def decomposition_device(choice):
-    """Device string for the decompositions of the step being traced, or None (where the
-    step runs). "cpu": the host CPU of the step's device (same job and task);
-    "accelerator": no placement; "auto": the authors' choice (KD_methods_with_TF
-    `nets/SVP.py` wraps every decomposition in `tf.device('CPU')`), which is "cpu"
-    when the step runs on a GPU or TPU and None otherwise. On a GPU this also keeps
-    Eigen's SVD (the faithful teacher signs) instead of cuSOLVER's."""
-    if choice not in DECOMPOSITION_DEVICES:
-        raise ValueError(f"unknown decomposition device {choice!r}; choose one of: "
-                         f"{', '.join(DECOMPOSITION_DEVICES)}")
-    if choice == "accelerator":
-        return None
-    step = _step_device()
-    if choice == "auto" and step.device_type not in ("GPU", "TPU"):
-        return None
-    return step.replace(device_type="CPU", device_index=0).to_string()
-
-
-def _placed(decompose, device):
-    """`decompose` with its forward operations requested on `device` (None: unchanged)."""
-    if device is None:
-        return decompose
-
-    def run(x):
-        with tf.device(device):
-            return decompose(x)
-
-    return run
+def _decomposers(variant, gradient, backend, components, device):
+    """(student, teacher) functions x -> (s, u, v): `linalg.decompose` by the variant's
+    route, keeping `components` (student, teacher). The refined loss aligns the student's
+    vectors to the teacher's, so only the teacher's signs matter; the 2018 release flips
+    the teacher's to the student's, so only the student's do ("hybrid")."""
+    route = "eid" if variant == "eid" else "svd"
+    student_signs_matter = variant == "eccv"
+    return tuple(
+        functools.partial(linalg.decompose, route=route, gradient=gradient, backend=backend,
+                          components=kept, signs_matter=signs_matter, device=device)
+        for kept, signs_matter in zip(components, (student_signs_matter,
+                                                   not student_signs_matter)))
 
 
 def svd_kd_loss(student_feats, teacher_feats, variant="refined", gradient="original", *,
@@ -357,21 +288,20 @@ def svd_kd_loss(student_feats, teacher_feats, variant="refined", gradient="origi
         raise UserError(f"unknown KD-SVD variant {variant!r}; choose one of: {', '.join(VARIANTS)}")
     if gradient not in GRADIENTS:
         raise UserError(f"unknown SVD gradient {gradient!r}; choose one of: {', '.join(GRADIENTS)}")
-    check_backend(backend)
+    linalg.check_backend(backend)
     _check_feature_maps(student_feats, teacher_feats)
     teacher_feats = [tf.stop_gradient(t) for t in teacher_feats]
     if variant == "eccv":
         eccv_gradient = "eccv" if gradient == "original" else gradient
         kept = (teacher_components + 1,) * 2
         return _eccv_loss(student_feats, teacher_feats,
-                          *_placed_decompositions(variant, eccv_gradient, backend, kept, device),
-                          teacher_components,
-                          rbf_width, finite_gradient=gradient != "original")
+                          *_decomposers(variant, eccv_gradient, backend, kept, device),
+                          teacher_components, rbf_width, finite_gradient=gradient != "original")
     return _refined_loss(
         student_feats, teacher_feats,
-        *_placed_decompositions(variant, gradient, backend,
-                                (teacher_components + student_extra_components,
-                                 teacher_components), device),
+        *_decomposers(variant, gradient, backend,
+                      (teacher_components + student_extra_components, teacher_components),
+                      device),
         teacher_components, student_extra_components, rbf_width,
     )
 
@@ -399,7 +329,7 @@ class KDSVD(DistillationMethod):
                  student_extra_components=3, rbf_width=RBF_WIDTH, project_student=False,
                  backend="linalg_svd", decomposition_device="auto", **kwargs):
         super().__init__(**kwargs)
-        check_backend(backend)
+        linalg.check_backend(backend)
         if decomposition_device not in DECOMPOSITION_DEVICES:
             raise UserError(f"{self.name}: decomposition_device={decomposition_device!r}; "
                              f"choose one of: {', '.join(DECOMPOSITION_DEVICES)}")
@@ -448,7 +378,7 @@ class KDSVD(DistillationMethod):
             student_feats, teacher_feats, self.variant, self.gradient,
             backend=self.backend, teacher_components=self.teacher_components,
             student_extra_components=self.student_extra_components, rbf_width=self.rbf_width,
-            device=decomposition_device(self.decomposition_device))
+            device=linalg.decomposition_device(self.decomposition_device))
         return {self.name: self.weight * loss}
 
     def jit_advice(self):

@@ -16,7 +16,7 @@ XLA compiles them into a few kernels. The route (docs/benchmarks.md):
    basis rotated to the Ritz vectors; the loop stops when every kept Ritz pair's residual
    ||G w - theta w|| is below `_RESIDUAL_TOL` (relative to ||G||_F) or after
    `_MAX_ITERATIONS` iterations (a bounded `tf.while_loop`, compilable by XLA);
-4. s, the other side and the signs as `linalg.gram_svd` (its `column_signs` rule).
+4. s, the other side and the signs as `dense.gram_svd` (its `column_signs` rule).
 
 Backward, with only the r kept components: every coupling of a kept vector j with the
 discarded ones, sum_d v_d v_d^T / (s_j^2 - s_d^2), is the resolvent of G restricted to
@@ -29,7 +29,7 @@ gap is within float rounding.
 import numpy as np
 import tensorflow as tf
 
-from sskd_tf import linalg
+from sskd_tf.linalg import dense, gradients
 
 # Block size: the kept r plus this many extra vectors (at least), capped at the size.
 _EXTRA_VECTORS = 6
@@ -45,7 +45,7 @@ def _matmul_t(a, b):
 
 
 def _sym(a):
-    return 0.5 * (a + linalg._transpose(a))
+    return 0.5 * (a + gradients.transpose(a))
 
 
 def _round_robin(p):
@@ -140,7 +140,7 @@ def _cholesky_qr(y):
         gram = _sym(_matmul_t(y, y))
         shift = shift_scale * tf.linalg.trace(gram)[:, None, None] + tiny
         factor = tf.linalg.cholesky(gram + shift * eye)
-        y = linalg._transpose(tf.linalg.triangular_solve(factor, linalg._transpose(y), lower=True))
+        y = gradients.transpose(tf.linalg.triangular_solve(factor, gradients.transpose(y), lower=True))
     return y
 
 
@@ -157,7 +157,7 @@ def top_eigenpairs(g, r):
     p = min(n, r + _EXTRA_VECTORS)
     dtype = g.dtype
     tiny = float(np.finfo(dtype.as_numpy_dtype).tiny)
-    g = linalg._finite_or_zero(g)
+    g = gradients.finite_or_zero(g)
     norm = tf.norm(g, axis=[-2, -1])
     g_unit = g / (norm[:, None, None] + tiny)
     shifted = g_unit + _SHIFT * tf.eye(n, dtype=dtype)
@@ -194,26 +194,26 @@ def _resolvent_solve(g, w, values, rhs):
     n, r = g.shape[-1], w.shape[-1]
     eps = float(np.finfo(g.dtype.as_numpy_dtype).eps)
     tiny = float(np.finfo(g.dtype.as_numpy_dtype).tiny)
-    g = linalg._finite_or_zero(g)
+    g = gradients.finite_or_zero(g)
     projector = tf.eye(n, dtype=g.dtype) - tf.matmul(w, w, transpose_b=True)
     projected = _sym(tf.matmul(projector, tf.matmul(g, projector)))
     delta = eps * tf.reduce_max(values, axis=-1, keepdims=True) + tiny
     diagonal = values + delta
     matrices = diagonal[:, :, None, None] * tf.eye(n, dtype=g.dtype) - projected[:, None]
-    rhs = tf.matmul(projector, linalg._finite_or_zero(rhs))
-    columns = linalg._transpose(rhs)[:, :, :, None]
+    rhs = tf.matmul(projector, gradients.finite_or_zero(rhs))
+    columns = gradients.transpose(rhs)[:, :, :, None]
     solution = tf.linalg.solve(matrices, columns)[..., 0]
     del r
-    return linalg._transpose(solution)
+    return gradients.transpose(solution)
 
 
 def _kept_block(values):
     """K^T of the original gradient over the kept components: 1/(s_j^2 - s_i^2) at [i, j]."""
-    return linalg._original_k_transposed(tf.sqrt(values))
+    return gradients.original_k_transposed(tf.sqrt(values))
 
 
 def _original_gradient(x, g, s, small, large, d_small_side_v, tall):
-    """The authors' gradient (linalg._original_gradient) with r kept components; the
+    """The authors' gradient (gradients.original_gradient) with r kept components; the
     couplings with the discarded ones are resolvent solves (see the module docstring)."""
     values = tf.square(s)
     if tall:
@@ -223,22 +223,22 @@ def _original_gradient(x, g, s, small, large, d_small_side_v, tall):
         return 2.0 * tf.matmul(x, tf.matmul(y, v, transpose_b=True)
                                + tf.matmul(v, y, transpose_b=True))
     u, v, dv = small, large, d_small_side_v
-    scaled = dv / (s[:, None, :] + linalg._ORIGINAL_INV_EPS)
+    scaled = dv / (s[:, None, :] + gradients.ORIGINAL_INV_EPS)
     diag_term = tf.linalg.diag(tf.linalg.diag_part(_matmul_t(v, scaled)))
     inner = _kept_block(values) * _matmul_t(scaled, v * s[:, None, :])
-    correction = diag_term + 2.0 * s[:, :, None] * (inner + linalg._transpose(inner))
+    correction = diag_term + 2.0 * s[:, :, None] * (inner + gradients.transpose(inner))
     z = -_resolvent_solve(g, u, values, tf.matmul(x, scaled))
     grad_t = (tf.matmul(scaled - tf.matmul(v, correction), u, transpose_b=True)
               - 2.0 * tf.matmul(v * s[:, None, :], z, transpose_b=True)
               - 2.0 * tf.matmul(tf.matmul(x, z, transpose_a=True), u, transpose_b=True))
-    return linalg._transpose(grad_t)
+    return gradients.transpose(grad_t)
 
 
 def _eigenvector_gradient(g, w, values, dw, s):
     """dL/dG of the kept eigenvectors w of g, d w_j = sum_{i != j} w_i w_i^T dG w_j /
-    (lambda_j - lambda_i): kept i with `linalg._exact_gradient`'s Lorentzian broadening,
+    (lambda_j - lambda_i): kept i with `gradients.exact_gradient`'s Lorentzian broadening,
     discarded i by the resolvent."""
-    eps_gap, _ = linalg._broadening(s)
+    eps_gap, _ = gradients.broadening(s)
     gap = values[:, None, :] - values[:, :, None]
     f = gap / (tf.square(gap) + eps_gap)
     eye = tf.eye(values.shape[-1], dtype=values.dtype)
@@ -260,12 +260,12 @@ def _small_side(x, r, tall):
 
 def _other_side(x, small, tall):
     large = tf.matmul(x, small, transpose_a=not tall)
-    return linalg._finite_or_zero(large / tf.norm(large, axis=-2, keepdims=True))
+    return gradients.finite_or_zero(large / tf.norm(large, axis=-2, keepdims=True))
 
 
 def _signed(small, large, tall):
     u, v = (large, small) if tall else (small, large)
-    signs = tf.stop_gradient(linalg.column_signs(v))[:, None, :]
+    signs = tf.stop_gradient(dense.column_signs(v))[:, None, :]
     return u * signs, v * signs
 
 
@@ -278,10 +278,10 @@ def _original_decomposition(x, r, tall, gradient):
         u, v = _signed(small, _other_side(x, small, tall), tall)
 
         def backward(ds, du, dv):
-            dv = linalg._zeros_if_none(dv, v)
+            dv = gradients.zeros_if_none(dv, v)
             if gradient == "eccv":
-                return linalg._eccv_gradient(s, u, v, linalg._zeros_if_none(ds, s),
-                                             linalg._zeros_if_none(du, u), dv)
+                return gradients.eccv_gradient(s, u, v, gradients.zeros_if_none(ds, s),
+                                             gradients.zeros_if_none(du, u), dv)
             return _original_gradient(x, g, s, u if not tall else v, v, dv, tall)
 
         return (s, u, v), backward
@@ -292,7 +292,7 @@ def _original_decomposition(x, r, tall, gradient):
 def _exact_decomposition(x, r, tall):
     """(s, u, v) with the true gradient: a custom gradient for the kept eigenvectors of
     the Gram matrix, the rest (s = ||X w||, the other side X w / s) differentiated by
-    TensorFlow. Equal to Townsend's formula (linalg._exact_gradient) for the kept
+    TensorFlow. Equal to Townsend's formula (gradients.exact_gradient) for the kept
     components; the kept-kept couplings are broadened as there."""
 
     @tf.custom_gradient
@@ -301,7 +301,7 @@ def _exact_decomposition(x, r, tall):
 
         def backward(d_small):
             d_g = _eigenvector_gradient(g, small, tf.square(s), d_small, s)
-            d_g = d_g + linalg._transpose(d_g)
+            d_g = d_g + gradients.transpose(d_g)
             return tf.matmul(x, d_g) if tall else tf.matmul(d_g, x)
 
         return small, backward
@@ -320,13 +320,13 @@ def _exact_decomposition(x, r, tall):
 def batched_svd(x, gradient="original", components=None):
     """The leading `components` singular triplets of x [B, M, N] (all min(M, N) when None)
     by batched dense operations only, returning (s [B, r], u [B, M, r], v [B, N, r]) equal
-    to `linalg.gram_svd`'s first r (same sign rule), with the backward formula
+    to `dense.gram_svd`'s first r (same sign rule), with the backward formula
     `gradient` ("original", "exact" or "eccv") computed from the kept components alone.
     Columns of zero singular value are zeros on the larger side, as in gram_svd."""
-    linalg._check_matrices(x)
-    if gradient not in linalg.GRADIENTS:
+    gradients.check_matrices(x)
+    if gradient not in gradients.GRADIENTS:
         raise ValueError(f"unknown SVD gradient {gradient!r}; choose one of: "
-                         f"{', '.join(linalg.GRADIENTS)}")
+                         f"{', '.join(gradients.GRADIENTS)}")
     m, n = x.shape[-2], x.shape[-1]
     r = min(m, n) if components is None else min(components, m, n)
     tall = m >= n
@@ -336,9 +336,9 @@ def batched_svd(x, gradient="original", components=None):
 
 
 def batched_eid(x, gradient="original", components=None):
-    """KD-EID (`linalg.eid`) through `batched_svd`, keeping the square band's
+    """KD-EID (`dense.eid`) through `batched_svd`, keeping the square band's
     stop-gradient quirk of the original gradient."""
-    linalg._check_matrices(x)
-    if linalg.in_square_band(x) and gradient == "original":
+    gradients.check_matrices(x)
+    if dense.in_square_band(x) and gradient == "original":
         x = tf.stop_gradient(x)
     return batched_svd(x, gradient, components)
