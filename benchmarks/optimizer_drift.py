@@ -14,6 +14,7 @@ import tempfile
 import keras
 import numpy as np
 
+from sskd_tf.distill.names import BASELINE
 from sskd_tf.training import run
 from sskd_tf.training.config import RunConfig
 
@@ -56,7 +57,7 @@ def drift_per_epoch(args, decay_rate):
     for optimizer in ("tf1_momentum", "keras_sgd"):
         with tempfile.TemporaryDirectory() as train_dir:
             config = RunConfig(
-                teacher="resnet8", student="resnet8", method="none", dataset="digits",
+                teacher="resnet8", student="resnet8", method=BASELINE, dataset="digits",
                 batch_size=64, take_train=args.take_train, take_test=64, epochs=args.epochs,
                 lr_decay_points=(0.25, 0.5, 0.75), lr_decay_rate=decay_rate, optimizer=optimizer,
                 seed=0, deterministic=True, train_dir=train_dir, verbose=0)

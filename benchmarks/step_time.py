@@ -16,12 +16,14 @@ import time
 
 from benchmarks import decomposition, isolated, pipeline, report, timing
 from benchmarks import steps as step_cases
-from sskd_tf.distill.kd_svd import BACKENDS
+from sskd_tf.distill.names import BASELINE, DEFAULT_METHOD
+from sskd_tf.linalg import BACKENDS
 
 PARTS = ("steps", "decomposition", "memory", "pipeline", "xla")
 RESULTS_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
-MEMORY_LABELS = (step_cases.STUDENT_ONLY, step_cases.WITH_TEACHER, "svd [linalg_svd]", "svd [gram]",
-                 "svd [hybrid]", f"{step_cases.SUM_RULE} [gram]")
+MEMORY_LABELS = (step_cases.STUDENT_ONLY, step_cases.WITH_TEACHER,
+                 *(f"{DEFAULT_METHOD} [{backend}]" for backend in ("linalg_svd", "gram", "hybrid")),
+                 f"{step_cases.SUM_RULE} [gram]")
 
 
 def parse_args(argv=None):
@@ -61,9 +63,8 @@ def selected_cases(args):
     cases = step_cases.default_cases(tuple(args.backends.split(",")), jit_cases=not args.no_jit)
     if not args.methods:
         return cases
-    keep = set(args.methods.split(",")) | {"none", "teacher_forward"}
-    return [case for case in cases
-            if case.method in keep or (case.method == "svd_sum" and "svd" in keep)]
+    keep = set(args.methods.split(",")) | {BASELINE, step_cases.TEACHER_FORWARD}
+    return [case for case in cases if case.method in keep]
 
 
 def run_steps(args):
@@ -104,7 +105,7 @@ def run_xla(args):
     cases = step_cases.default_cases(tuple(args.xla_backends.split(",")), jit_cases=False)
     return {case.label: isolated.run(dataclasses.replace(case, jit=True), args.xla_batch_size,
                                      steps=2, warmup=1, timeout=args.xla_timeout)
-            for case in cases if case.method != "svd_sum"}
+            for case in cases if not step_cases.is_sum_rule(case)}
 
 
 def run_pipeline(args):

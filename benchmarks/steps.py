@@ -2,10 +2,11 @@
 `Distiller` train function that `fit` calls (KD_methods_with_TF recipe: SGD with
 Nesterov momentum, weight decay 5e-4 on the student, the clipped multi-task update).
 
-Rows: (a) the student alone (method "none"); (b) (a) plus the teacher's forward pass;
-(c) every registered method, the KD-SVD family with each decomposition backend, and
-KD-SVD with the summed instead of the clipped update, whose difference from the
-clipped row is the cost of the clip rule's second backward pass.
+Rows: (a) the student alone (the baseline method); (b) (a) plus the teacher's forward
+pass; (c) every registered method, those with a decomposition `backend` option once per
+backend, and the default method (KD-SVD) with the summed instead of the clipped update
+(`gradient_rule=sum`), whose difference from the clipped row is the cost of the clip
+rule's second backward pass.
 """
 import dataclasses
 
@@ -15,14 +16,16 @@ import tensorflow as tf
 from sskd_tf import models
 from sskd_tf.distill import METHODS, DistillationMethod, build_method
 from sskd_tf.distill.catalog import catalog
-from sskd_tf.distill.kd_svd import BACKENDS
+from sskd_tf.distill.names import BASELINE, DEFAULT_METHOD
+from sskd_tf.linalg import BACKENDS
 from sskd_tf.training.config import RunConfig
 from sskd_tf.training.run import build_distiller
 from sskd_tf.training.schedule import EpochCut
 
 STUDENT_ONLY = "(a) student"
 WITH_TEACHER = "(b) student + teacher forward"
-SUM_RULE = "svd, sum rule"
+SUM_RULE = f"{DEFAULT_METHOD}, sum rule"
+TEACHER_FORWARD = "teacher_forward"
 CIFAR_TRAIN_IMAGES = 50_000
 
 
@@ -31,17 +34,9 @@ class TeacherForward(DistillationMethod):
     of the teacher's logits, so the graph keeps the teacher's forward pass while the
     backward pass stays the student-only one."""
 
-    gradient_rule = "sum"
-
     def call(self, student_out, teacher_out, labels, training=False):
         del student_out, labels, training
         return {self.name: tf.stop_gradient(tf.reduce_mean(teacher_out["logits"]))}
-
-
-def _sum_rule_method(backend):
-    """KD-SVD whose distillation gradient is added unclipped: one backward pass."""
-    method_class = type("KDSVDSumRule", (METHODS.get("svd"),), {"gradient_rule": "sum"})
-    return method_class(name="svd", backend=backend)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,49 +51,53 @@ class StepCase:
 
 # The faithful backend with its decompositions requested on the host CPU (the authors'
 # placement; on a CPU-only machine the step is there already, so it prices the request).
-PINNED = "svd [linalg_svd], decomposition_device=cpu"
+PINNED = f"{DEFAULT_METHOD} [linalg_svd], decomposition_device=cpu"
 
 
 def _backends_of(method):
-    """The decomposition backends a method takes (its `backend` command-line option)."""
+    """The decomposition backends a method takes (the choices of its `backend` option)."""
     return next((option.choices for option in catalog().options_of(method)
-                 if option.option == "backend"), ())
+                 if option.name == "backend"), ())
 
 
 def default_cases(backends=BACKENDS, jit_cases=True):
-    """Rows (a), (b), every registered method (the KD-SVD family once per backend),
-    the sum-rule diagnostic (its difference from the clipped step does not depend on
-    the backend: timed with "gram") and the XLA rows when `jit_cases`."""
-    cases = [StepCase(STUDENT_ONLY, "none"), StepCase(WITH_TEACHER, "teacher_forward")]
+    """Rows (a), (b), every registered method (those with a backend option once per
+    backend), the sum-rule diagnostic (its difference from the clipped step does not
+    depend on the backend: timed with "gram") and the XLA rows when `jit_cases`."""
+    cases = [StepCase(STUDENT_ONLY, BASELINE), StepCase(WITH_TEACHER, TEACHER_FORWARD)]
     for name in METHODS.names():
-        if name == "none":
+        if name == BASELINE:
             continue
         if _backends_of(name):
             cases += [StepCase(f"{name} [{b}]", name, (("backend", b),))
                       for b in backends if b in _backends_of(name)]
         else:
             cases.append(StepCase(name, name))
-    cases += [StepCase(f"{SUM_RULE} [{b}]", "svd_sum", (("backend", b),))
+    cases += [StepCase(f"{SUM_RULE} [{b}]", DEFAULT_METHOD,
+                       (("backend", b), ("gradient_rule", "sum")))
               for b in backends if b == "gram"]
     if "linalg_svd" in backends:
-        cases.append(StepCase(PINNED, "svd", (("decomposition_device", "cpu"),)))
+        cases.append(StepCase(PINNED, DEFAULT_METHOD, (("decomposition_device", "cpu"),)))
     if jit_cases:
-        cases += [StepCase(f"{STUDENT_ONLY}, jit", "none", jit=True),
-                  StepCase(f"{WITH_TEACHER}, jit", "teacher_forward", jit=True),
-                  StepCase("svd [gram], jit", "svd", (("backend", "gram"),), jit=True)]
+        cases += [StepCase(f"{STUDENT_ONLY}, jit", BASELINE, jit=True),
+                  StepCase(f"{WITH_TEACHER}, jit", TEACHER_FORWARD, jit=True),
+                  StepCase(f"{DEFAULT_METHOD} [gram], jit", DEFAULT_METHOD, (("backend", "gram"),),
+                           jit=True)]
         if "batched" in backends:
-            cases.append(StepCase("svd [batched], jit", "svd", (("backend", "batched"),),
-                                  jit=True))
+            cases.append(StepCase(f"{DEFAULT_METHOD} [batched], jit", DEFAULT_METHOD,
+                                  (("backend", "batched"),), jit=True))
     return cases
 
 
+def is_sum_rule(case):
+    """Whether `case` is the sum-rule diagnostic row."""
+    return dict(case.options).get("gradient_rule") == "sum"
+
+
 def make_method(case):
-    options = dict(case.options)
-    if case.method == "teacher_forward":
-        return TeacherForward(name="teacher_forward")
-    if case.method == "svd_sum":
-        return _sum_rule_method(**options)
-    return build_method(case.method, **options)
+    if case.method == TEACHER_FORWARD:
+        return TeacherForward(name=TEACHER_FORWARD)
+    return build_method(case.method, **dict(case.options))
 
 
 def synthetic_batch(batch_size, num_classes, seed=0):

@@ -7,14 +7,15 @@ module brings its flags with it.
 from absl import flags
 
 from sskd_tf.distill.catalog import catalog, parse_method_options
-from sskd_tf.distill.names import METHOD_NAMES
+from sskd_tf.distill.names import BASELINE, DEFAULT_METHOD, METHOD_NAMES
 
-flags.DEFINE_enum("method", "svd", METHOD_NAMES,
-                  "Distillation method; none trains the student alone.")
+flags.DEFINE_enum("method", DEFAULT_METHOD, METHOD_NAMES,
+                  f"Distillation method; {BASELINE} trains the student alone.")
 
 
 def _define(option):
-    """The absl flag of one catalog.CommandLineOption."""
+    """The absl flag of one catalog.CommandLineOption (a method option declared with
+    `flag=`)."""
     help_text = f"{option.help} (methods: {', '.join(option.methods)})"
     if option.choices is not None:
         flags.DEFINE_enum(option.flag, option.default, option.choices, help_text)
@@ -32,8 +33,8 @@ for _option in catalog().options:
     _define(_option)
 
 flags.DEFINE_list("method_options", [],
-                  "Method hyperparameters as name=value pairs, e.g. weight=2,clip_scale=0.5 "
-                  "(see each method's constructor; `--mode=tune` writes them).")
+                  "Method options as name=value pairs, e.g. weight=2,clip_scale=0.5 (each "
+                  "method's options: docs/methods.md; `--mode=tune` writes them).")
 
 
 def _valid_options(items):

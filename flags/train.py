@@ -3,6 +3,7 @@ unset take the recipe's value (docs/method.md section 5)."""
 from absl import flags
 
 from sskd_tf.limits import INT32_MAX
+from sskd_tf.training.precision import FULL_PRECISION, PRECISIONS
 from sskd_tf.training.recipes import EPOCH_CUTS, OPTIMIZER_NAMES, RECIPES, decay_points
 
 STRATEGIES = ("default", "mirrored", "multi_worker")
@@ -48,7 +49,7 @@ flags.DEFINE_bool("sync_batch_norm", False,
                   "single GPU did a batch of that size. No effect on one device.")
 flags.DEFINE_bool("jit", False, "XLA-compile the train step (jit_compile). Which methods "
                   "compile, and whether it pays on CPU: docs/benchmarks.md.")
-flags.DEFINE_enum("mixed_precision", "none", ("none", "mixed_bfloat16", "mixed_float16"),
+flags.DEFINE_enum("mixed_precision", FULL_PRECISION, PRECISIONS,
                   "Keras dtype policy of the student and the teacher (float32 variables); "
                   "losses and decompositions stay float32; mixed_float16 adds dynamic loss "
                   "scaling, removed before the clip rule.")

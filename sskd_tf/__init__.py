@@ -13,7 +13,7 @@ __all__ = ["Distiller", "losses"]
 
 def __getattr__(attribute):
     if attribute == "Distiller":
-        return importlib.import_module("sskd_tf.distillation").Distiller
+        return importlib.import_module("sskd_tf.training.distiller").Distiller
     if attribute == "losses":
         return importlib.import_module("sskd_tf.losses")
     raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")

@@ -1,49 +1,70 @@
-"""Every teacher-student distillation method as a `keras.distillation.DistillationLoss`.
+"""Every registered distillation method as a `keras.distillation.DistillationLoss`.
 
-Each class wraps the registered method of `sskd_tf.distill` (its math lives there,
-once) and names the layers it reads:
+The classes are derived from the methods' declarations (distill/base.py): a method
+whose class names a `library_name` gets a loss class of that name here, documented by
+the method's docstring, taking its options as keywords (docs/methods.md), e.g.
+`SVDDistillation(..., backend="gram")`, `gradient_rule="sum"`. Each loss names the
+layers it reads:
 
-- multi-layer losses take `teacher_layer_names=[...]`, `student_layer_names=[...]`
-  (paired in order) and run in `sskd_tf.Distiller`;
-- single-pair losses (`AttentionDistillation`, `FitNetDistillation`,
-  `SoftLogitsDistillation`) also take `teacher_layer_name` / `student_layer_name`,
-  so that they work inside `keras.distillation.Distiller` as well.
-
-Keyword options are the method's own (docs/methods.md), e.g.
-`SVDDistillation(..., backend="gram")`. `gradient_rule` ("clip": the authors'
-clipped multi-task update, docs/method.md section 5; "sum": added to the task
-gradient) overrides the method's default; `sskd_tf.Distiller` honours it,
-`keras.distillation.Distiller` always sums.
-
-Left out: "none" and "self_distill", which learn without a teacher.
+- losses that compare feature maps take `teacher_layer_names=[...]`,
+  `student_layer_names=[...]` (paired in order) and run in `sskd_tf.Distiller`;
+- losses that can work on one pair of layers, or on the networks' outputs (logits),
+  also take `teacher_layer_name` / `student_layer_name` (or nothing, for logits), so
+  that they work inside `keras.distillation.Distiller` as well, which sums their
+  gradient with the task's and does not train the losses' own layers.
 """
 import keras
 
 from sskd_tf.distill import METHODS
 
+PACKAGE = "sskd_tf"
+
+
+def _names(names):
+    if names is None:
+        return None
+    return [names] if isinstance(names, str) else list(names)
+
+
+def _single(names):
+    return names[0] if names and len(names) == 1 else None
+
+
+def _single_pair(method_class):
+    """Whether a method can work on one pair of layers, or on the networks' outputs."""
+    return method_class.reads == "logits" or method_class.min_taps <= 1
+
 
 class MethodLoss(keras.distillation.DistillationLoss):
-    """A registered method (`method_name`) as a distillation loss.
-
-    `reads_logits`: the method compares the networks' outputs, not feature maps.
-    `single_pair`: the method can work on one pair of layers.
-    """
+    """A distillation method as a distillation loss; the generated subclasses set
+    `method_name` and build the method from their options. `method`: the method layer."""
 
     method_name = None
-    reads_logits = False
-    single_pair = False
 
     def __init__(self, teacher_layer_names=None, student_layer_names=None, *,
-                 teacher_layer_name=None, student_layer_name=None, gradient_rule=None,
-                 name=None, **options):
+                 teacher_layer_name=None, student_layer_name=None, name=None, **options):
+        method_class = METHODS.get(self.method_name)
         if teacher_layer_name is not None or student_layer_name is not None:
-            if not self.single_pair:
-                raise TypeError(f"{type(self).__name__} compares several layers: give "
-                                "teacher_layer_names=[...] and student_layer_names=[...]")
+            if not _single_pair(method_class):
+                raise TypeError(f"{type(self).__name__} compares at least "
+                                f"{method_class.min_taps} layers: give teacher_layer_names=[...] "
+                                "and student_layer_names=[...]")
             if teacher_layer_names is not None or student_layer_names is not None:
                 raise TypeError("give either the singular or the plural layer names, not both")
             teacher_layer_names = None if teacher_layer_name is None else [teacher_layer_name]
             student_layer_names = None if student_layer_name is None else [student_layer_name]
+        self._name_layers(method_class, teacher_layer_names, student_layer_names)
+        self.method = method_class(name=name or self.method_name, **options)
+
+    @classmethod
+    def of(cls, method, teacher_layer_names=None, student_layer_names=None):
+        """The loss face of an existing method layer `method`."""
+        loss = cls.__new__(cls)
+        loss._name_layers(type(method), teacher_layer_names, student_layer_names)
+        loss.method = method
+        return loss
+
+    def _name_layers(self, method_class, teacher_layer_names, student_layer_names):
         self.teacher_layer_names = _names(teacher_layer_names)
         self.student_layer_names = _names(student_layer_names)
         if (self.teacher_layer_names is None) != (self.student_layer_names is None) or (
@@ -52,14 +73,13 @@ class MethodLoss(keras.distillation.DistillationLoss):
             raise ValueError(f"{type(self).__name__}: teacher_layer_names "
                              f"{self.teacher_layer_names} and student_layer_names "
                              f"{self.student_layer_names} must pair one to one")
-        if self.single_pair:
-            self.teacher_layer_name = _single(self.teacher_layer_names)
-            self.student_layer_name = _single(self.student_layer_names)
-        self.method = METHODS.get(self.method_name)(name=name or self.method_name, **options)
-        if gradient_rule is not None:
-            if gradient_rule not in ("clip", "sum"):
-                raise ValueError(f"gradient_rule must be 'clip' or 'sum', got {gradient_rule!r}")
-            self.method.gradient_rule = gradient_rule
+        single = _single_pair(method_class)
+        self.teacher_layer_name = _single(self.teacher_layer_names) if single else None
+        self.student_layer_name = _single(self.student_layer_names) if single else None
+
+    @property
+    def reads_logits(self):
+        return self.method.reads == "logits"
 
     @property
     def name(self):
@@ -83,76 +103,32 @@ class MethodLoss(keras.distillation.DistillationLoss):
                             labels, training=training)
         return sum(terms.values()) if terms else 0.0
 
+    def get_config(self):
+        return {"teacher_layer_names": self.teacher_layer_names,
+                "student_layer_names": self.student_layer_names, "name": self.method.name,
+                **self.method.options.as_dict()}
 
-def _names(names):
-    if names is None:
-        return None
-    return [names] if isinstance(names, str) else list(names)
-
-
-def _single(names):
-    return names[0] if names and len(names) == 1 else None
-
-
-class SVDDistillation(MethodLoss):
-    """KD-SVD, the authors' refined version (docs/method.md sections 1 and 3): at least
-    two layer pairs, related through the RBF correlation of consecutive taps."""
-
-    method_name = "svd"
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
 
 
-class EIDDistillation(MethodLoss):
-    """KD-EID: KD-SVD through the Gram matrix's eigendecomposition (docs/method.md section 2)."""
-
-    method_name = "eid"
-
-
-class SVDECCVDistillation(MethodLoss):
-    """KD-SVD as released with the ECCV 2018 paper (docs/method.md section 4)."""
-
-    method_name = "svd_eccv"
+def _loss_class(method_name):
+    """The DistillationLoss class of the registered method `method_name`."""
+    method_class = METHODS.get(method_name)
+    loss_class = type(method_class.library_name, (MethodLoss,), {
+        "method_name": method_name, "__module__": __name__, "__doc__": method_class.__doc__})
+    return keras.saving.register_keras_serializable(package=PACKAGE)(loss_class)
 
 
-class FSPDistillation(MethodLoss):
-    """FSP matrices of consecutive taps (Yim et al., CVPR 2017); at least two pairs."""
-
-    method_name = "fsp"
-
-
-class RdimDistillation(MethodLoss):
-    """Feature matching in a reduced-dimension subspace of the teacher's taps.
-    `projection="pca"` estimates the subspace from the training data in `fit`."""
-
-    method_name = "rdim"
+LOSS_CLASSES = {name: _loss_class(name) for name in METHODS.names()}
+globals().update({loss_class.__name__: loss_class for loss_class in LOSS_CLASSES.values()})
+__all__ = ["MethodLoss", "loss_of", *sorted(cls.__name__ for cls in LOSS_CLASSES.values())]
 
 
-class AttentionDistillation(MethodLoss):
-    """Attention transfer (Zagoruyko & Komodakis, ICLR 2017): spatial attention maps
-    of each pair compared; widths may differ, spatial sizes must match."""
-
-    method_name = "at"
-    single_pair = True
-
-
-class FitNetDistillation(MethodLoss):
-    """FitNet hints (Romero et al., ICLR 2015), with a learned 1x1 regressor where
-    widths differ (trained by `sskd_tf.Distiller` only). The authors' recipe first
-    trains on the hints alone for `init_epochs=40` epochs, in `sskd_tf.Distiller`;
-    pass `init_epochs=0` for plain multi-task training."""
-
-    method_name = "fitnet"
-    single_pair = True
-
-
-class SoftLogitsDistillation(MethodLoss):
-    """Hinton's soft logits, KL(teacher || student) at `temperature`, weighted by
-    `kd_weight`; reads the networks' outputs (logits)."""
-
-    method_name = "soft_logits"
-    reads_logits = True
-    single_pair = True
-
-
-LOSSES = {cls.method_name: cls for cls in (
-    SVDDistillation, EIDDistillation, SVDECCVDistillation, FSPDistillation, RdimDistillation,
-    AttentionDistillation, FitNetDistillation, SoftLogitsDistillation)}
+def loss_of(method, teacher_layer_names=None, student_layer_names=None):
+    """The loss face of the method layer `method` (how the command line hands its method
+    to the Distiller): its registered class's, or MethodLoss for one not registered."""
+    registered = [name for name in METHODS.names() if METHODS.get(name) is type(method)]
+    loss_class = LOSS_CLASSES[registered[0]] if registered else MethodLoss
+    return loss_class.of(method, teacher_layer_names, student_layer_names)

@@ -29,12 +29,27 @@ def find_layer(model, name, role="model"):
     raise UserError(f"the {role} {model.name!r} has no layer {name!r}; {hint}")
 
 
+class OutputsOnly(keras.Model):
+    """Any model (subclassed ones included) as {"logits": its output, "features": []}:
+    the face of a network whose layers no loss reads."""
+
+    def __init__(self, model, **kwargs):
+        super().__init__(name=f"{model.name}_outputs", **kwargs)
+        self.model = model
+
+    def call(self, images, training=False):
+        return {"logits": self.model(images, training=training), "features": []}
+
+
 def tap_model(model, layer_names=(), role="model", name=None):
     """A model from `model`'s inputs to {"logits": its output, "features": [the outputs
     of `layer_names`, in order]}, sharing `model`'s layers. A model that already
     returns that dict keeps its logits and its own features, the named layers'
-    outputs following them."""
+    outputs following them. A subclassed model without `layer_names` is wrapped as
+    `OutputsOnly`."""
     if not getattr(model, "inputs", None):
+        if not layer_names:
+            return OutputsOnly(model)
         raise UserError(f"the {role} {model.name!r} is a subclassed model: taps read layer "
                         "outputs by name, which needs a functional or sequential model")
     layer_names = list(layer_names)

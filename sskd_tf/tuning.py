@@ -4,7 +4,7 @@ The teacher is trained (by the recipe, cached in train_dir/teacher/) or loaded
 once and shared by every trial. A trial builds a fresh student and the method
 from `METHODS.get(name).search_space(hp)` merged with the fixed options,
 compiles the Distiller as a training run does and trains it as a run does
-(training/loop.py): the first `epochs` epochs (after the method's init_epochs) of
+(training/loop.py): the first `epochs` epochs (after the method's stages before its main one) of
 the full run, on the full run's epochs and learning-rate schedule. The objective is
 the best `val_accuracy`.
 
@@ -133,7 +133,8 @@ class DistillerHyperModel(kt.HyperModel):
         return build_distiller(self.config, method, self.teacher, student, self.cut)
 
     def fit(self, hp, model, epochs=1, initial_epoch=0, callbacks=(), verbose=1, **kwargs):
-        """Train the method's init_epochs and then `epochs` epochs of the full run, as a
+        """Train the method's stages before its main one and then `epochs` epochs of the
+        full run (its StagePlan), as a
         run trains them (training/loop.py); a trial that diverges stops (and fails) as a
         run does. A trial that continues another (Hyperband) starts its step count, and
         so the learning rate, the clipping rule and the data stream, where that one
@@ -144,7 +145,7 @@ class DistillerHyperModel(kt.HyperModel):
             if isinstance(callback, keras.callbacks.TensorBoard):
                 for split in ("train", "validation"):
                     shutil.rmtree(os.path.join(callback.log_dir, split), ignore_errors=True)
-        offset = model.method.init_epochs
+        offset = model.stage_plan.offset
         initial_epoch = initial_epoch + offset if initial_epoch else 0
         model.optimizer.iterations.assign(self.cut.first_step(initial_epoch))
         callbacks = list(callbacks) + [NonFiniteGuard(self.config.max_consecutive_skips)]

@@ -8,6 +8,7 @@ import tensorflow as tf
 from sskd_tf import models
 from sskd_tf.distill import build_method
 from sskd_tf.models.common import SlimBatchNormalization
+from sskd_tf.losses import loss_of
 from sskd_tf.training.distiller import Distiller
 
 SHAPE = (8, 8, 3)
@@ -37,7 +38,7 @@ def test_one_training_step_moves_the_variance_towards_the_bessel_corrected_one(n
     assert isinstance(bn, SlimBatchNormalization)
     images = _images()
     conv_output = keras.Model(student.input, bn.input)(images).numpy()
-    distiller = Distiller(student, build_method("none"), None, steps_in_epoch=10)
+    distiller = Distiller(None, student, loss_of(build_method("none")), steps_in_epoch=10)
     distiller.build((None,) + SHAPE)
     distiller.compile(optimizer=keras.optimizers.SGD(0.1))
     distiller.train_step((tf.constant(images), tf.constant([0, 1, 2, 0])))

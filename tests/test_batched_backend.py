@@ -21,6 +21,7 @@ from sskd_tf.distill import build_method
 from sskd_tf.distill.kd_svd import svd_kd_loss
 from sskd_tf.linalg import decomposition_device
 from sskd_tf.modes.run_config import config_from_flags
+from sskd_tf.losses import loss_of
 from sskd_tf.training.distiller import Distiller
 
 from toy_networks import toy_network
@@ -176,7 +177,7 @@ def test_equals_gram_under_xla(gradient):
 
 
 def _distiller(**options):
-    distiller = Distiller(toy_network(0), build_method("svd", **options), toy_network(1),
+    distiller = Distiller(toy_network(1), toy_network(0), loss_of(build_method("svd", **options)),
                           steps_in_epoch=2)
     distiller.build((None, 8, 8, 3))
     distiller.compile(optimizer=keras.optimizers.SGD(0.1))
@@ -304,7 +305,7 @@ def test_decomposition_device_flag_reaches_the_method(choice):
     flag_values(["main.py", "--method=svd", f"--decomposition_device={choice}",
                  "--svd_backend=batched"])
     options = config_from_flags(flag_values).method_options
-    assert build_method("svd", **options).decomposition_device == choice
+    assert build_method("svd", **options).options.decomposition_device == choice
     assert options["backend"] == "batched"
 
 

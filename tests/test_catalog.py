@@ -1,7 +1,8 @@
 """The method catalog: what the method modules declare, read without importing them,
-agrees with the registry, and a new method module reaches --method, its own flags, the
-tuner and compare mode without another file changing."""
-import inspect
+agrees with the imported classes, and a new method module (here one with an
+initialisation stage) reaches --method, its own flags, the tuner and compare mode without
+another file changing."""
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -11,7 +12,7 @@ import textwrap
 import pytest
 
 from sskd_tf.distill import METHODS
-from sskd_tf.distill.catalog import catalog, parse_method_options, read_module
+from sskd_tf.distill.catalog import catalog, parse_method_options, read_package
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,13 +21,21 @@ def test_the_catalog_names_every_registered_method():
     assert list(catalog().method_names) == METHODS.names()
 
 
-def test_each_command_line_option_is_a_constructor_argument_with_the_same_default():
-    for option in catalog().options:
-        assert option.methods, option.flag
-        for method in option.methods:
-            parameters = inspect.signature(METHODS.get(method).__init__).parameters
-            assert option.option in parameters, (method, option.option)
-            assert parameters[option.option].default == option.default, (method, option.flag)
+def test_the_catalog_reads_each_method_s_options_as_its_dataclass_declares_them():
+    for method in METHODS.names():
+        fields = dataclasses.fields(METHODS.get(method).Options)
+        declared = [(f.name, f.default, f.metadata["help"], f.metadata["flag"],
+                     f.metadata["choices"], f.metadata["at_least"]) for f in fields]
+        read = [(o.name, o.default, o.help, o.flag, o.choices, o.at_least)
+                for o in catalog().options_of(method)]
+        assert read == declared, method
+
+
+def test_the_roles_name_the_default_and_the_baseline_method():
+    assert catalog().with_role("default") == "svd"
+    assert catalog().with_role("baseline") == "none"
+    assert {name: METHODS.get(name).role for name in ("svd", "none")} == {
+        "svd": "default", "none": "baseline"}
 
 
 def test_the_kd_svd_flags_belong_to_the_kd_svd_family():
@@ -36,19 +45,63 @@ def test_the_kd_svd_flags_belong_to_the_kd_svd_family():
                         "decomposition_device": family, "project_student": family}
 
 
-def test_a_module_is_read_without_running_it(tmp_path):
-    module = tmp_path / "probe.py"
-    module.write_text(textwrap.dedent('''
-        raise SystemExit("this module must not run")
-        COMMAND_LINE_OPTIONS = {"probe_level": {"option": "level", "default": 2, "help": "h"}}
+PROBE_MODULE = '''
+raise SystemExit("this module must not run")
+from sskd_tf.linalg import BACKENDS
+LEVELS = (1, 2, 3)
 
-        @METHODS.register("probe")
-        class Probe:
-            pass
+
+class ProbeOptions(MethodOptions):
+    level: int = option(2, "the level", flag="probe_level", choices=LEVELS)
+    backend: str = option("gram", "a backend", choices=BACKENDS)
+
+
+class Base:
+    Options = ProbeOptions
+
+
+@METHODS.register("probe")
+class Probe(Base):
+    role = "default"
+
+
+@METHODS.register("plain")
+class Plain:
+    pass
+'''
+
+
+def test_a_module_is_read_without_running_it(tmp_path):
+    (tmp_path / "probe.py").write_text(PROBE_MODULE)
+    read = read_package([str(tmp_path)])
+    assert read.method_names == ("plain", "probe")
+    level, backend = read.options_of("probe")[-2:]
+    assert (level.name, level.type, level.default, level.flag, level.choices) == (
+        "level", "int", 2, "probe_level", (1, 2, 3))
+    assert backend.choices == ("linalg_svd", "gram", "hybrid", "batched")
+    assert [o.name for o in read.options_of("plain")] == ["clip_scale", "gradient_rule"]
+    assert read.with_role("default") == "probe"
+    assert [(o.flag, o.methods) for o in read.options] == [("probe_level", ("probe",))]
+
+
+def test_a_flag_declared_differently_by_two_methods_is_refused(tmp_path):
+    (tmp_path / "twins.py").write_text(textwrap.dedent('''
+        class AOptions(MethodOptions):
+            level: int = option(2, "the level", flag="level")
+
+        class BOptions(MethodOptions):
+            level: int = option(3, "the level", flag="level")
+
+        @METHODS.register("a")
+        class A:
+            Options = AOptions
+
+        @METHODS.register("b")
+        class B:
+            Options = BOptions
     '''))
-    names, options = read_module(str(module))
-    assert names == ["probe"]
-    assert options == {"probe_level": {"option": "level", "default": 2, "help": "h"}}
+    with pytest.raises(ValueError, match="flag --level is declared differently"):
+        read_package([str(tmp_path)]).options
 
 
 def test_method_options_parse_literals_and_strings():
@@ -58,29 +111,44 @@ def test_method_options_parse_literals_and_strings():
         parse_method_options(["weight"])
 
 
+# A whole method in one module: a weighted difference of the logits, first trained alone for
+# `init_epochs` epochs (an initialisation stage), then with the task.
 DUMMY_METHOD = '''
-"""A method added by the test: a weighted squared difference of the logits."""
+"""A method added by the test: a weighted difference of the logits, with a warm-up."""
+import dataclasses
+
 import tensorflow as tf
 
 from sskd_tf.distill.base import METHODS, DistillationMethod
+from sskd_tf.distill.options import MethodOptions, option
+from sskd_tf.distill.stages import Stage
 
-COMMAND_LINE_OPTIONS = {
-    "dummy_norm": {"option": "norm", "default": "l2", "choices": ("l1", "l2"),
-                   "help": "Norm of the dummy."},
-}
+
+@dataclasses.dataclass(frozen=True)
+class DummyOptions(MethodOptions):
+    strength: float = option(0.5, "weight of the term", at_least=0)
+    norm: str = option("l2", "Norm of the dummy.", flag="dummy_norm", choices=("l1", "l2"))
+    init_epochs: int = option(1, "epochs on the term alone first", at_least=0)
 
 
 @METHODS.register("dummy")
 class Dummy(DistillationMethod):
-    def __init__(self, strength=0.5, norm="l2", **kwargs):
-        super().__init__(**kwargs)
-        self.strength = float(strength)
-        self.norm = norm
+    """The logits pulled towards the teacher's."""
+
+    Options = DummyOptions
+    library_name = "DummyDistillation"
+    reads = "logits"
+    min_taps = 0
+
+    def stages(self):
+        if not self.options.init_epochs:
+            return super().stages()
+        return (Stage("warm_up", epochs=self.options.init_epochs, task=False), Stage())
 
     def call(self, student_out, teacher_out, labels, training=False):
         gap = student_out["logits"] - tf.stop_gradient(teacher_out["logits"])
-        size = tf.abs(gap) if self.norm == "l1" else tf.square(gap)
-        return {self.name: self.strength * tf.reduce_mean(size)}
+        size = tf.abs(gap) if self.options.norm == "l1" else tf.square(gap)
+        return {self.name: self.options.strength * tf.reduce_mean(size)}
 
     @classmethod
     def search_space(cls, hp):
@@ -97,8 +165,10 @@ from sskd_tf.modes.run_config import config_from_flags
 values = copy.deepcopy(absl_flags.FLAGS)
 values(["main.py", "--method=dummy", "--dummy_norm=l1", "--dataset=digits"])
 config = config_from_flags(values)
+from sskd_tf import losses
 print(json.dumps({"options": config.method_options,
-                  "tuned": tuning.tuned_names(tuning.search_space(config))}))
+                  "tuned": tuning.tuned_names(tuning.search_space(config)),
+                  "loss": losses.DummyDistillation(init_epochs=0).method.options.init_epochs}))
 '''
 
 
@@ -131,7 +201,7 @@ def test_a_new_method_module_reaches_the_run_options_and_the_tuner(repo_with_a_n
     completed = _run(repo_with_a_new_method, "-c", PROBE)
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.strip().splitlines()[-1] == (
-        '{"options": {"norm": "l1"}, "tuned": ["strength"]}')
+        '{"options": {"norm": "l1"}, "tuned": ["strength"], "loss": 0}')
 
 
 def test_a_new_method_module_runs_in_compare_mode(repo_with_a_new_method):
@@ -144,3 +214,6 @@ def test_a_new_method_module_runs_in_compare_mode(repo_with_a_new_method):
     with open(train_dir / "compare" / "results.csv") as handle:
         rows = handle.read().splitlines()
     assert rows[1].startswith("dummy,1,")
+    with open(train_dir / "compare" / "dummy" / "seed0" / "history.csv") as handle:
+        history = handle.read().splitlines()
+    assert len(history) == 1 + 2  # the warm-up epoch, then the run's one epoch

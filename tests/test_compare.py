@@ -12,6 +12,7 @@ from absl import flags as absl_flags
 
 import flags  # noqa: F401  (defines the flags of main.py)
 from sskd_tf import compare_report
+from sskd_tf.errors import UserError
 from sskd_tf.modes import compare as compare_mode
 from sskd_tf.modes.run_config import config_from_flags
 from sskd_tf.training.config import RunConfig
@@ -125,15 +126,19 @@ def test_method_options_that_do_not_fit_fail_before_training(tmp_path):
     assert not os.listdir(tmp_path)
 
 
-def test_method_options_add_the_svd_flags_as_train_mode_does():
+def test_method_options_go_to_the_methods_that_take_them_with_their_flags():
     flag_values = copy.deepcopy(absl_flags.FLAGS)
-    flag_values(["main.py", "--method_options=init_epochs=0", "--svd_gradient=exact",
+    flag_values(["main.py", "--method_options=init_epochs=0,beta=10", "--svd_gradient=exact",
                  "--project_student"])
-    assert compare_mode.method_options(flag_values, "at") == {"init_epochs": 0}
-    eid = compare_mode.method_options(flag_values, "eid")
+    options = compare_mode.options_per_method(flag_values, ["at", "fitnet", "eid"])
+    assert options["at"] == {"beta": 10} and options["fitnet"] == {"init_epochs": 0}
     flag_values.method = "eid"
-    assert eid == config_from_flags(flag_values).method_options
-    assert eid["gradient"] == "exact" and eid["project_student"] is True
+    flag_values.method_options = []
+    assert options["eid"] == config_from_flags(flag_values).method_options
+    assert options["eid"]["gradient"] == "exact" and options["eid"]["project_student"] is True
+    flag_values.method_options = ["no_such_option=1"]
+    with pytest.raises(UserError, match="no method of --methods takes no_such_option"):
+        compare_mode.options_per_method(flag_values, ["at", "fitnet"])
 
 
 def test_step_time_takes_the_training_time_from_the_history(tmp_path):
@@ -204,7 +209,10 @@ def test_the_flags_reach_the_comparison(monkeypatch):
 
 
 BAD_COMMANDS = [
-    (["--mode=compare", "--methods=at", "--method_options=nope=1"], "do not fit at"),
+    (["--mode=compare", "--methods=at", "--method_options=nope=1"],
+     "no method of --methods takes nope"),
+    (["--mode=compare", "--methods=at,svd", "--method_options=beta=-1"],
+     r"do not fit at: at: beta=-1 is out of range \(at least 0\)"),
     (["--mode=compare", "--methods=svd,nope"], "unknown method nope"),
     (["--mode=compare", "--methods=svd,svd"], "listed twice"),
     (["--mode=compare", "--seeds=0"], "--seeds"),

@@ -17,6 +17,7 @@ from sskd_tf.distill import build_method
 from sskd_tf.errors import UserError
 from sskd_tf.models.crd import NETWORKS, layers
 from sskd_tf.modes import summary
+from sskd_tf.losses import loss_of
 from sskd_tf.training.distiller import Distiller
 from sskd_tf.training.optimizers import TF1Momentum
 
@@ -362,7 +363,7 @@ DEFAULT_STEPS = ("resnet8x4", "wrn_16_2", "vgg8", "MobileNetV2", "ShuffleV2")
 def test_one_traced_distiller_step(name):
     keras.utils.set_random_seed(0)
     student = models.build_model(f"crd:{name}", CLASSES, weight_decay=WEIGHT_DECAY, role="student")
-    distiller = Distiller(student, build_method("none"), steps_in_epoch=1)
+    distiller = Distiller(None, student, loss_of(build_method("none")), steps_in_epoch=1)
     distiller.build((None, 32, 32, 3))
     distiller.compile(optimizer=TF1Momentum(0.05, nesterov=False))
     before = [np.asarray(v) for v in student.trainable_variables]

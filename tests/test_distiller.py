@@ -6,8 +6,10 @@ import pytest
 import tensorflow as tf
 
 from sskd_tf.distill.base import DistillationMethod
-from sskd_tf.training.distiller import (Distiller, clip_includes_weight_decay, clip_threshold_scale,
-                                        combine_gradients)
+from sskd_tf.losses import loss_of
+from sskd_tf.training.distiller import Distiller
+from sskd_tf.training.train_step import (clip_includes_weight_decay, clip_threshold_scale,
+                                         combine_gradients)
 from sskd_tf.training.schedule import EpochCut, clip_sigmoid, learning_rate_schedule
 
 
@@ -97,7 +99,7 @@ def _toy_model(seed, weight_decay=0.0):
 def test_train_step_applies_the_clip_rule_to_every_variable(clip_rule):
     student, teacher = _toy_model(0, weight_decay=0.1), _toy_model(10)
     method = SquaredFeatureLoss(name="toy")
-    distiller = Distiller(student, method, teacher, steps_in_epoch=4, clip_rule=clip_rule)
+    distiller = Distiller(teacher, student, loss_of(method), steps_in_epoch=4, clip_rule=clip_rule)
     distiller.build((None, 3))
     distiller.compile(optimizer=keras.optimizers.SGD(1.0))
     images = tf.constant(np.random.default_rng(0).normal(size=(6, 3)), tf.float32)
@@ -136,7 +138,7 @@ class SummedFeatureLoss(SquaredFeatureLoss):
 
 def test_train_step_of_a_sum_rule_method_descends_the_total_loss():
     student, teacher = _toy_model(0, weight_decay=0.1), _toy_model(10)
-    distiller = Distiller(student, SummedFeatureLoss(name="toy"), teacher, steps_in_epoch=4)
+    distiller = Distiller(teacher, student, loss_of(SummedFeatureLoss(name="toy")), steps_in_epoch=4)
     distiller.build((None, 3))
     distiller.compile(optimizer=keras.optimizers.SGD(0.5))
     images = tf.constant(np.random.default_rng(1).normal(size=(6, 3)), tf.float32)

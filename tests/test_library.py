@@ -68,7 +68,8 @@ def test_kd_svd_one_epoch_through_the_api(tmp_path):
     # the initial weights.
     distiller.compile(optimizer=keras.optimizers.SGD(0.0), metrics=["accuracy"])
     history = distiller.fit(images, labels, batch_size=len(images), epochs=1, verbose=0).history
-    projections = distiller.method.methods[0].projections
+    assert distiller.student is student and distiller.teacher is teacher
+    projections = distiller.method.projections
     student_maps = layer_outputs(student, student_taps, images)
     student_maps = [m if p is None else p(m, training=True) for p, m in zip(projections, student_maps)]
     expected = svd_kd_loss(student_maps, layer_outputs(teacher, teacher_taps, images))
@@ -146,9 +147,91 @@ def test_mixed_gradient_rules_must_be_chosen():
     assert distiller.method.gradient_rule == "sum"
 
 
-def test_every_teacher_method_has_a_distillation_loss():
-    teacher_methods = {name for name in METHODS.names() if METHODS.get(name).needs_teacher}
-    assert set(sskd_tf.losses.LOSSES) == teacher_methods
-    for name, loss_class in sskd_tf.losses.LOSSES.items():
+def test_every_method_has_a_distillation_loss_derived_from_its_declaration():
+    assert set(sskd_tf.losses.LOSS_CLASSES) == set(METHODS.names())
+    for name, loss_class in sskd_tf.losses.LOSS_CLASSES.items():
+        method_class = METHODS.get(name)
+        assert loss_class.__name__ == method_class.library_name
+        assert getattr(sskd_tf.losses, method_class.library_name) is loss_class
+        assert loss_class.__doc__ == method_class.__doc__ and loss_class.__doc__
         assert issubclass(loss_class, keras.distillation.DistillationLoss)
-        assert isinstance(loss_class(["a", "b"], ["a", "b"]).method, METHODS.get(name))
+        taps = ["a", "b"][:max(method_class.min_taps, 1)]
+        assert isinstance(loss_class(taps, taps).method, method_class)
+
+
+def _keras_recipe(distiller_class, teacher, student, losses, **kwargs):
+    distiller = distiller_class(teacher=teacher, student=student, distillation_losses=losses,
+                                **kwargs)
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    images, labels = toy_data()
+    distiller.fit(images, labels, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    return [w.numpy() for w in student.weights]
+
+
+@pytest.mark.parametrize("loss", ["logits", "feature"])
+def test_code_written_for_keras_distillation_trains_the_same_student(loss):
+    """Keras' own losses, Keras' weighting (student_loss_weight given or its 0.5 default):
+    the student sskd_tf.Distiller trains equals keras.distillation.Distiller's."""
+    def losses():
+        if loss == "logits":
+            return keras.distillation.LogitsDistillation(temperature=3.0)
+        return [keras.distillation.FeatureDistillation(teacher_layer_name="block2",
+                                                       student_layer_name="block2"),
+                keras.distillation.LogitsDistillation()]
+
+    kwargs = {} if loss == "logits" else {"distillation_loss_weights": [0.3, 1.0],
+                                          "student_loss_weight": 0.7}
+    trained = [_keras_recipe(distiller_class, convnet("teacher", 6, seed=1),
+                             convnet("student", 6, seed=2), losses(), **kwargs)
+               for distiller_class in (keras.distillation.Distiller, sskd_tf.Distiller)]
+    for keras_weight, ours in zip(*trained):
+        np.testing.assert_allclose(ours, keras_weight, rtol=1e-5, atol=1e-6)
+    assert any(not np.allclose(a, b) for a, b in zip(
+        trained[1], [w.numpy() for w in convnet("student", 6, seed=2).weights]))
+
+
+class Subclassed(keras.Model):
+    def __init__(self, width, seed, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(width, 3, kernel_initializer=keras.initializers.GlorotUniform(seed))
+        self.pool = keras.layers.GlobalAveragePooling2D()
+        self.dense = keras.layers.Dense(3, kernel_initializer=keras.initializers.GlorotUniform(seed + 1))
+
+    def call(self, images, training=False):
+        return self.dense(self.pool(self.conv(images)))
+
+
+def test_subclassed_models_distil_through_their_outputs():
+    teacher, student = Subclassed(6, 1, name="teacher"), Subclassed(4, 2, name="student")
+    images, labels = toy_data()
+    teacher(images), student(images)
+    before = [w.numpy().copy() for w in student.weights]
+    distiller = sskd_tf.Distiller(teacher, student, sskd_tf.losses.SoftLogitsDistillation())
+    distiller.compile(optimizer=keras.optimizers.SGD(0.1))
+    history = distiller.fit(images, labels, batch_size=8, epochs=1, verbose=0).history
+    assert history["soft_logits_loss"][0] > 0
+    assert distiller.student is student
+    assert any(not np.allclose(a, w.numpy()) for a, w in zip(before, student.weights))
+    with pytest.raises(UserError, match="subclassed model: taps read layer outputs by name"):
+        sskd_tf.Distiller(teacher, student, sskd_tf.losses.AttentionDistillation(
+            teacher_layer_name="conv", student_layer_name="conv"))
+
+
+def test_a_distiller_saves_and_loads_with_its_config(tmp_path):
+    teacher, student = convnet("teacher", 6, seed=1), convnet("student", 4, seed=2)
+    distiller = sskd_tf.Distiller(teacher, student, sskd_tf.losses.SVDDistillation(
+        TAPS, TAPS, backend="gram", project_student=True), distillation_loss_weights=[2.0])
+    distiller.compile(optimizer=keras.optimizers.SGD(0.05))
+    images, labels = toy_data()
+    distiller.fit(images, labels, batch_size=8, epochs=1, verbose=0)
+    distiller.save(tmp_path / "distiller.keras")
+    loaded = keras.saving.load_model(tmp_path / "distiller.keras")
+    assert isinstance(loaded, sskd_tf.Distiller)
+    assert loaded.get_config()["distillation_loss_weights"] == [2.0]
+    [loss] = loaded.distillation_losses
+    assert (type(loss).__name__, loss.method.options.backend, loss.teacher_layer_names) == (
+        "SVDDistillation", "gram", TAPS)
+    np.testing.assert_allclose(loaded.student(images), student(images), rtol=1e-6, atol=1e-6)
+    for ours, theirs in zip(distiller.method.weights, loaded.method.weights):
+        np.testing.assert_array_equal(ours.numpy(), theirs.numpy())

@@ -21,6 +21,7 @@ from sskd_tf.distill import build_method
 from sskd_tf.distill.names import METHOD_NAMES
 from sskd_tf.training.callbacks import read_history
 from sskd_tf.training.config import RunConfig
+from sskd_tf.losses import loss_of
 from sskd_tf.training.distiller import Distiller
 from sskd_tf.training.run import train
 
@@ -46,7 +47,7 @@ def test_each_method_trains_its_own_terms_in_a_traced_step(method):
     labels = tf.constant(rng.integers(0, 5, size=6))
     student, teacher = _toy(1), _toy(2)
     built = build_method(method)
-    distiller = Distiller(student, built, teacher if built.needs_teacher else None,
+    distiller = Distiller(teacher if built.needs_teacher else None, student, loss_of(built),
                           steps_in_epoch=1)
     distiller.build((None, 8, 8, 3))
     distiller.compile(optimizer=keras.optimizers.SGD(0.05))
@@ -87,13 +88,13 @@ def test_a_method_of_each_kind_trains_an_epoch(method, options, term, teacher_ru
 
 def test_a_stage_method_trains_its_initialisation_epochs_first(teacher_run, tmp_path):
     """FitNet with one initialisation epoch: two epochs in all, the first on the hints
-    alone (no cross-entropy in the update: the student's accuracy is the hint's), the
-    learning rate's schedule starting after it."""
+    alone, the second on the task alone (its hints are not computed), the learning
+    rate's schedule starting after the first."""
     train(RunConfig(method="fitnet", method_options={"init_epochs": 1}, train_dir=str(tmp_path),
                     teacher_weights=os.path.join(teacher_run, "student.keras"), **TINY))
     _, history = check_run(str(tmp_path), epochs=2)
     assert [int(row["steps"]) for row in history] == [2, 3]  # int(2 * 128 / 64) + 1 = 5
-    assert all(float(row["hint_loss"]) > 0 for row in history)
+    assert float(history[0]["hint_loss"]) > 0 and float(history[1]["hint_loss"]) == 0
 
 
 def test_main_py_distils_with_svd(teacher_run, tmp_path):

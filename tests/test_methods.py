@@ -11,6 +11,7 @@ from sskd_tf.distill.at import attention_transfer_loss
 from sskd_tf.distill.fsp import fsp_loss
 from sskd_tf.distill.self_distill import exit_losses
 from sskd_tf.distill.soft_logits import soft_logits_loss
+from sskd_tf.errors import UserError
 
 TEACHER_METHODS = ["soft_logits", "fitnet", "at", "fsp", "rdim"]
 ALL_METHODS = TEACHER_METHODS + ["self_distill"]
@@ -62,21 +63,36 @@ def test_all_methods_registered_with_search_spaces():
 
 
 def test_class_attributes_and_defaults():
-    soft = build_method("soft_logits")
-    assert (soft.temperature, soft.kd_weight, soft.ce_weight) == (4.0, 0.3, pytest.approx(0.7))
-    fitnet = build_method("fitnet")
-    assert fitnet.init_epochs == 40 and build_method("fitnet", init_epochs=0).init_epochs == 0
+    soft = build_method("soft_logits").options
+    assert (soft.temperature, soft.kd_weight) == (4.0, 0.3)
+    assert build_method("soft_logits").task_weight == pytest.approx(0.7)
+    assert build_method("fitnet").options.init_epochs == 40
+    assert build_method("fitnet", init_epochs=0).options.init_epochs == 0
     fsp = build_method("fsp")
-    assert (fsp.weight, fsp.init_epochs, fsp.gradient_rule) == (1e-3, 40, "sum")
+    assert (fsp.options.weight, fsp.options.init_epochs, fsp.gradient_rule) == (1e-3, 40, "sum")
     eccv = build_method("fsp", normalisation="eccv2018")
-    assert (eccv.weight, eccv.init_epochs, eccv.gradient_rule) == (1.0, 0, "clip")
-    assert build_method("at").beta == 1e3
+    assert (eccv.options.weight, eccv.options.init_epochs, eccv.gradient_rule) == (1.0, 0, "clip")
+    assert build_method("at").options.beta == 1e3
     self_distill = build_method("self_distill")
-    assert not self_distill.needs_teacher and self_distill.ce_weight == 1.0
+    assert not self_distill.needs_teacher and self_distill.task_weight == 1.0
     with pytest.raises(ValueError):
         build_method("fsp", normalisation="other")
     with pytest.raises(ValueError):
         build_method("rdim", projection="other")
+
+
+def test_options_are_typed_checked_and_named_in_one_line():
+    assert build_method("at", beta=2).options.beta == 2.0  # an int where a float is declared
+    assert build_method("svd", gradient_rule="sum").gradient_rule == "sum"
+    assert build_method("svd").gradient_rule == "clip"
+    for options, message in [
+            ({"beta": "big"}, "at: beta='big' is not a float"),
+            ({"beta": -1.0}, r"at: beta=-1.0 is out of range \(at least 0\)"),
+            ({"gradient_rule": "mean"}, "at: gradient_rule='mean'; choose one of: sum, clip"),
+            ({"betta": 1.0}, "at takes no betta; its options: beta, clip_scale, gradient_rule")]:
+        with pytest.raises(UserError, match=message) as error:
+            build_method("at", **options)
+        assert "\n" not in str(error.value)
 
 
 # ------------------------------------------------------------- equal / different

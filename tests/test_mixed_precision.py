@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from sskd_tf.distill import build_method
+from sskd_tf.losses import loss_of
 from sskd_tf.training.distiller import Distiller
 from sskd_tf.training.precision import dtype_policy
 
@@ -20,7 +21,8 @@ def _step(precision):
     """(update of every student variable, clip ratio, svd loss, distiller) of one step."""
     with dtype_policy(precision):
         student, teacher = toy_network(0), toy_network(1)
-    distiller = Distiller(student, build_method("svd", backend="gram"), teacher, steps_in_epoch=2)
+    distiller = Distiller(teacher, student, loss_of(build_method("svd", backend="gram")),
+                          steps_in_epoch=2)
     distiller.build((None, 8, 8, 3))
     distiller.compile(optimizer=keras.optimizers.SGD(0.1))
     images = tf.constant(np.random.default_rng(0).normal(size=(4, 8, 8, 3)), tf.float32)
@@ -88,7 +90,7 @@ def test_the_decompositions_take_float32_maps_from_networks_of_lower_precision(p
     for backend, op in (("gram", "SelfAdjointEigV2"), ("linalg_svd", "Svd")):
         with dtype_policy(precision):
             student, teacher = toy_network(0), toy_network(1)
-        distiller = Distiller(student, build_method("svd", backend=backend), teacher,
+        distiller = Distiller(teacher, student, loss_of(build_method("svd", backend=backend)),
                               steps_in_epoch=2)
         distiller.build((None, 8, 8, 3))
         distiller.compile(optimizer=keras.optimizers.SGD(0.1))

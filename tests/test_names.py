@@ -1,5 +1,6 @@
 """The TensorFlow-free name lists agree with the registries they stand for, and the
-library's layering holds (library modules never import the CLI package flags/)."""
+library's layering holds (library modules never import the CLI package flags/; nothing
+about a particular method outside its module)."""
 import ast
 import importlib
 import pathlib
@@ -89,8 +90,42 @@ def test_library_modules_never_import_the_cli_flags():
     assert offenders == []
 
 
+# Where the core lives: no method may be named there (its behaviour comes from its module).
+CORE = ("sskd_tf/training", "sskd_tf/modes", "sskd_tf/tuning.py", "benchmarks")
+# String literals there that equal a method's name but mean something else.
+OTHER_MEANINGS = {("sskd_tf/training/precision.py", "none"): "the --mixed_precision value"}
+
+
+def _literals(path):
+    tree = ast.parse(path.read_text(), str(path))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str):
+            yield node.lineno, node.value
+
+
+def test_no_method_is_named_outside_its_module():
+    """The run, the modes, the tuner and the benchmarks ask a method what it is (its
+    declaration, its stages) rather than test its name: no string literal there is the
+    name of a method (docstrings and comments aside)."""
+    names = set(METHODS.names())
+    found = []
+    for entry in CORE:
+        paths = [REPO / entry] if entry.endswith(".py") else sorted((REPO / entry).rglob("*.py"))
+        for path in paths:
+            relative = path.relative_to(REPO).as_posix()
+            docstrings = {node.body[0].value.lineno for node in ast.walk(ast.parse(
+                path.read_text())) if isinstance(node, (ast.Module, ast.ClassDef,
+                                                        ast.FunctionDef)) and node.body
+                          and isinstance(node.body[0], ast.Expr)}
+            found += [f"{relative}:{line} {value!r}" for line, value in _literals(path)
+                      if value in names and line not in docstrings
+                      and (relative, value) not in OTHER_MEANINGS]
+    assert found == []
+
+
 def test_importing_the_package_and_the_name_lists_does_not_load_tensorflow():
-    code = ("import sys, sskd_tf, sskd_tf.distill.names, sskd_tf.models, sskd_tf.data; "
+    code = ("import sys, sskd_tf, sskd_tf.distill.names, sskd_tf.models, sskd_tf.data, "
+            "sskd_tf.linalg, sskd_tf.training.config; "
             "print('tensorflow' in sys.modules, 'keras' in sys.modules)")
     completed = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
                                text=True, timeout=120, check=True)

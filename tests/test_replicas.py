@@ -17,6 +17,7 @@ import tensorflow as tf
 
 from sskd_tf import models
 from sskd_tf.distill import build_method
+from sskd_tf.losses import loss_of
 from sskd_tf.training.distiller import Distiller
 
 from main_cli import REPO
@@ -25,6 +26,7 @@ SCRIPT = textwrap.dedent("""
     import json, sys
     import numpy as np, keras, tensorflow as tf
     from sskd_tf.distill import build_method
+    from sskd_tf.losses import loss_of
     from sskd_tf.models.common import SlimBatchNormalization, l2_decay
     from sskd_tf.training.distiller import Distiller
     from sskd_tf.training.optimizers import TF1Momentum
@@ -63,7 +65,7 @@ SCRIPT = textwrap.dedent("""
         with strategy.scope():
             with dtype_policy(precision):
                 student, teacher = toy(1, batch_norm, weight_decay), toy(2, batch_norm, weight_decay)
-            distiller = Distiller(student, build_method(method, **(options or {})), teacher,
+            distiller = Distiller(teacher, student, loss_of(build_method(method, **(options or {}))),
                                   steps_in_epoch=steps_in_epoch, clip_rule=clip_rule,
                                   sync_batch_norm=sync_batch_norm)
             distiller.build((None, 8, 8, 3))
@@ -86,13 +88,10 @@ SCRIPT = textwrap.dedent("""
         "sync_batch_norm": dict(method="svd", batch_norm=True, weight_decay=5e-4),
         "per_replica_clip": dict(method="svd"),
         "eccv2018": dict(method="svd", weight_decay=5e-2, clip_rule="eccv2018"),
-        # A step of the init phase (g_kd + g_wd), then one of the task (g_ce + g_wd): linear
-        # rules, which each replica applies to its shares (FitNet) or, with the clip rule,
-        # to the global gradients (KD-SVD).
+        # A step of the initialisation stage (g_kd + g_wd), then one of the task stage
+        # (g_ce + g_wd): linear rules, which each replica applies to its shares.
         "fitnet_init_phase": dict(method="fitnet", options={"init_epochs": 1}, batches=(0, 1),
                                   steps_in_epoch=1, weight_decay=5e-2),
-        "svd_init_phase": dict(method="svd", options={"init_epochs": 1}, batches=(0, 1),
-                               steps_in_epoch=1, weight_decay=5e-2),
         "soft_logits": dict(method="soft_logits", batch_norm=True),
         "mixed_float16": dict(method="svd", options={"backend": "gram"}, precision="mixed_float16"),
     }
@@ -173,7 +172,7 @@ def test_the_clip_rule_bounds_the_global_distillation_gradient(runs, name):
     _assert_same_weights(case)
 
 
-@pytest.mark.parametrize("name", ["fitnet_init_phase", "svd_init_phase", "soft_logits"])
+@pytest.mark.parametrize("name", ["fitnet_init_phase", "soft_logits"])
 def test_the_linear_rules_step_as_one_device(runs, name):
     _assert_same_weights(runs[name])
 
@@ -214,7 +213,7 @@ def test_an_optimizer_that_would_sum_the_global_gradients_again_fails(runs):
 def _one_device_step(sync_batch_norm):
     keras.utils.set_random_seed(0)
     student = models.build_model("resnet8", 3, input_shape=(8, 8, 3), weight_decay=5e-4)
-    distiller = Distiller(student, build_method("none"), steps_in_epoch=2,
+    distiller = Distiller(None, student, loss_of(build_method("none")), steps_in_epoch=2,
                           sync_batch_norm=sync_batch_norm)
     distiller.build((None, 8, 8, 3))
     distiller.compile(optimizer=keras.optimizers.SGD(0.1))

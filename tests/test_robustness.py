@@ -20,6 +20,7 @@ from sskd_tf.distill import build_method
 from sskd_tf.errors import TrainingDiverged
 from sskd_tf.training import files
 from sskd_tf.training.callbacks import NonFiniteGuard, saved_progress
+from sskd_tf.losses import loss_of
 from sskd_tf.training.distiller import Distiller
 from sskd_tf.training.config import RunConfig
 from sskd_tf.training.run import train
@@ -37,7 +38,7 @@ def _toy_distiller():
     hidden = keras.layers.Dense(3, kernel_initializer=keras.initializers.RandomNormal(seed=0))(inputs)
     logits = keras.layers.Dense(2, kernel_initializer=keras.initializers.RandomNormal(seed=1))(hidden)
     student = keras.Model(inputs, {"logits": logits, "features": [hidden]})
-    distiller = Distiller(student, build_method("none"), steps_in_epoch=10)
+    distiller = Distiller(None, student, loss_of(build_method("none")), steps_in_epoch=10)
     distiller.build((None, 4))
     distiller.compile(optimizer=keras.optimizers.SGD(0.1, momentum=0.9))
     distiller.optimizer.build(distiller.trainable_variables)

@@ -21,6 +21,7 @@ import pytest
 from conftest import TINY
 from main_cli import ERROR_PREFIX, REPO
 from sskd_tf.errors import UserError
+from sskd_tf.losses import loss_of
 from sskd_tf.training import callbacks as run_callbacks
 from sskd_tf.training import files, identity
 from sskd_tf.training.config import RunConfig
@@ -74,7 +75,7 @@ def test_a_run_records_its_settings_and_their_fingerprint(finished_run):
     expected = dict(method="none", student="resnet8", dataset="digits", image_size=8,
                     take_train=128, take_test=64, recipe="kd_methods", epoch_cut="kd_methods",
                     batch_size=64, epochs=2, seed=0, strategy="default", teacher_identity=None,
-                    method_options={"clip_scale": 1.0, "init_epochs": 0})
+                    method_options={"clip_scale": 1.0, "gradient_rule": None})
     assert {name: settings[name] for name in expected} == expected
     assert not set(settings) & set(identity.RESUMABLE_FIELDS)
     assert len(record["data_digest"]) == 64
@@ -367,7 +368,7 @@ def test_the_checkpoint_holds_the_methods_own_layers(tmp_path):
         keras.utils.set_random_seed(seed)
         student, teacher = _toy(seed), _toy(seed + 1, widths=(6, 12, 12))
         method = build_method(method_name, **options)
-        made = Distiller(student, method, teacher if method.needs_teacher else None,
+        made = Distiller(teacher if method.needs_teacher else None, student, loss_of(method),
                          steps_in_epoch=1)
         made.build((None, 8, 8, 3))
         made.compile(optimizer=keras.optimizers.SGD(0.1))

@@ -13,6 +13,7 @@ import tensorflow as tf
 
 from sskd_tf import models
 from sskd_tf.distill import build_method
+from sskd_tf.losses import loss_of
 from sskd_tf.training.distiller import Distiller
 from sskd_tf.training.optimizers import TF1Momentum
 
@@ -37,7 +38,7 @@ def skipped_step_report(strategy, jit=False):
         keras.utils.set_random_seed(0)
         student = models.build_model("resnet8", 3, input_shape=SHAPE, weight_decay=5e-4)
         method = build_method("self_distill")  # its own BN layers: state of the method
-        distiller = Distiller(student, method, None, steps_in_epoch=10)
+        distiller = Distiller(None, student, loss_of(method), steps_in_epoch=10)
         distiller.build((None,) + SHAPE)
         distiller.compile(optimizer=TF1Momentum(0.1), jit_compile=jit)
         distiller.optimizer.build(distiller.trainable_variables)

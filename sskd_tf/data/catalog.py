@@ -1,5 +1,8 @@
 """The dataset registry: what each dataset is (`DatasetInfo`) and how its arrays are loaded."""
+import ast
 import dataclasses
+import os
+import pkgutil
 from typing import Any, Callable, Mapping, Optional, Tuple
 
 import numpy as np
@@ -45,6 +48,25 @@ DATASETS = Registry("dataset")
 # Kinds of dataset named "<kind>:<argument>" (tfds:mnist, folder:images/): each maps the
 # argument and the loading options to a DatasetSource (data/external.py).
 DATASET_KINDS = Registry("dataset kind")
+
+
+REGISTERING_CALLS = ("DATASETS.register", "DATASET_KINDS.register")
+
+
+def source_modules(directories):
+    """The modules in `directories` (a package's __path__) that register a dataset or a
+    kind of dataset at their top level, read from their source without importing them."""
+    found = []
+    for module in sorted(pkgutil.iter_modules(directories), key=lambda entry: entry.name):
+        path = os.path.join(module.module_finder.path, f"{module.name}.py")
+        if module.ispkg or not os.path.exists(path):
+            continue
+        with open(path, encoding="utf-8") as handle:
+            tree = ast.parse(handle.read(), path)
+        if any(isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+               and ast.unparse(node.value.func) in REGISTERING_CALLS for node in tree.body):
+            found.append(module.name)
+    return found
 
 
 def source_of(name, **options):

@@ -1,12 +1,14 @@
 """Names of the datasets and recipes, free of TensorFlow so that flags/data.py can use them.
 
-`sskd_tf.data` registers one loader per name of `DATASET_NAMES` and one factory per kind of
-`DATASET_KINDS`; tests check they agree (tests/test_names.py).
+The dataset names and the kinds of dataset ("<kind>:<argument>") are those the dataset
+modules register (importing `sskd_tf.data` registers them, without TensorFlow).
 """
-DATASET_NAMES = ("cifar100", "cifar10", "digits")
+from sskd_tf.data.catalog import DATASET_KINDS as _KINDS
+from sskd_tf.data.catalog import DATASETS as _DATASETS
+
+DATASET_NAMES = tuple(_DATASETS.names())
 DEFAULT_DATASET = "cifar100"
-# Kinds of dataset named "<kind>:<argument>" (data/external.py registers them).
-DATASET_KINDS = ("tfds", "folder")
+DATASET_KINDS = tuple(_KINDS.names())
 
 
 def is_dataset_name(name):

@@ -12,9 +12,12 @@ sum of gradients). The authors' channel regressor for taps of different widths
 maps the student to its own width (a no-op); attention maps do not depend on the
 width, so this port has no regressor.
 """
+import dataclasses
+
 import tensorflow as tf
 
 from sskd_tf.distill.base import METHODS, DistillationMethod
+from sskd_tf.distill.options import MethodOptions, option
 from sskd_tf.errors import UserError
 
 
@@ -44,14 +47,22 @@ def attention_transfer_loss(student_features, teacher_features, beta):
     return beta / 2.0 * tf.add_n(per_tap)
 
 
+@dataclasses.dataclass(frozen=True)
+class AttentionOptions(MethodOptions):
+    beta: float = option(1e3, "weight of the attention term (the authors' 1e3)", at_least=0)
+
+
 @METHODS.register("at")
 class AttentionTransfer(DistillationMethod):
-    def __init__(self, beta=1e3, **kwargs):
-        super().__init__(**kwargs)
-        self.beta = float(beta)
+    """Attention transfer (Zagoruyko & Komodakis, ICLR 2017): spatial attention maps
+    of each pair compared; widths may differ, spatial sizes must match."""
+
+    Options = AttentionOptions
+    library_name = "AttentionDistillation"
 
     def call(self, student_out, teacher_out, labels, training=False):
-        loss = attention_transfer_loss(student_out["features"], teacher_out["features"], self.beta)
+        loss = attention_transfer_loss(student_out["features"], teacher_out["features"],
+                                       self.options.beta)
         return {"attention": loss}
 
     @classmethod

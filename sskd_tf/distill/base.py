@@ -5,31 +5,39 @@ projections, extra classifier heads) are tracked, checkpointed and trained with
 the student. The training step calls it with both networks' outputs and adds
 the returned terms to the distillation loss.
 """
-import inspect
-
 import keras
 
-from sskd_tf.errors import UserError
+from sskd_tf.distill.options import MethodOptions
+from sskd_tf.distill.stages import Stage, StagePlan
 from sskd_tf.registry import Registry
 
 METHODS = Registry("distillation method")
 
 
 class DistillationMethod(keras.layers.Layer):
-    """Base class of a registered distillation method.
+    """Base class of a registered distillation method: one module declares everything
+    about a method in its subclass.
 
-    Class attributes tell the training step how to use the method:
-
+    - `Options`: its typed options (a `distill.options.MethodOptions` dataclass); the
+      instance holds them as `self.options`, built from the constructor's keywords.
+    - `library_name`: the name of its `keras.distillation.DistillationLoss` face in
+      `sskd_tf.losses` (generated from this class); `reads`: "features" (feature maps)
+      or "logits" (the networks' outputs); `min_taps`: the feature maps it needs.
     - `needs_teacher`: False for methods that learn without a teacher network.
-    - `gradient_rule`: "sum" adds the distillation gradient to the task gradient;
+    - `default_gradient_rule`: "sum" adds the distillation gradient to the task gradient;
       "clip" applies the multi-task rule of KD_methods_with_TF `op_util.py`
-      (docs/method.md section 5): per student variable the distillation gradient is clipped
-      by norm to `clip_scale * ||g_ce|| * sigmoid(epoch)`.
-    - `ce_weight`: weight of the student's cross-entropy in the total loss.
+      (docs/method.md section 5): per student variable the distillation gradient is
+      clipped by norm to `clip_scale * ||g_ce|| * sigmoid(epoch)`. The option
+      `gradient_rule` overrides it.
+    - `task_weight`: weight of the student's task loss in the total loss.
     - `reduction`: "mean" when the terms average over the batch, "sum" when they
       add over it (KD-SVD); tells the distributed step how to split them.
     - `recipe`: the training recipe the method's code comes with (training/recipes.py),
       which a run takes unless one is given; None: the default recipe.
+    - `stages()`: the stages of its training (distill/stages.py); one main stage unless
+      it says otherwise.
+    - `has_exits`: it adds classifiers of its own to the student (`exit_logits`), which
+      compare evaluates.
 
     `call(student_out, teacher_out, labels, training)` receives the model output
     dicts `{"logits": ..., "features": [...]}` (`teacher_out` is None when
@@ -37,16 +45,40 @@ class DistillationMethod(keras.layers.Layer):
     scalar loss terms. Their sum is the distillation loss.
     """
 
+    Options = MethodOptions
+    library_name = None
+    reads = "features"
+    min_taps = 1
     needs_teacher = True
-    gradient_rule = "sum"
-    ce_weight = 1.0
+    default_gradient_rule = "sum"
     reduction = "mean"
     recipe = None
+    has_exits = False
 
-    def __init__(self, clip_scale=1.0, init_epochs=0, **kwargs):
-        super().__init__(**kwargs)
-        self.clip_scale = float(clip_scale)
-        self.init_epochs = int(init_epochs)
+    def __init__(self, name=None, **options):
+        super().__init__(name=name)
+        self.options = self.Options.of(name or type(self).__name__, **options)
+
+    @property
+    def gradient_rule(self):
+        return self.options.gradient_rule or self.default_gradient_rule
+
+    @property
+    def clip_scale(self):
+        return self.options.clip_scale
+
+    @property
+    def task_weight(self):
+        return 1.0
+
+    def stages(self):
+        """The ordered stages of this method's training: by default one, the main stage,
+        on the task and the distillation loss by the method's gradient rule."""
+        return (Stage(rule=self.gradient_rule),)
+
+    def stage_plan(self):
+        """This method's stages as a StagePlan."""
+        return StagePlan(tuple(self.stages()))
 
     def prepare(self, teacher, train_ds):
         """Hook run once before training, after the teacher is ready (e.g. to
@@ -59,28 +91,11 @@ class DistillationMethod(keras.layers.Layer):
 
     @classmethod
     def search_space(cls, hp):
-        """keras-tuner hyperparameters of this method, as constructor kwargs."""
+        """keras-tuner hyperparameters of this method, as option values."""
         return {}
 
 
-def method_options(method_class):
-    """The option names a method's constructor takes (its own and DistillationMethod's)."""
-    names = set()
-    for cls in method_class.__mro__[:method_class.__mro__.index(DistillationMethod) + 1]:
-        if "__init__" in vars(cls):
-            names.update(name for name, parameter in inspect.signature(cls.__init__).parameters.items()
-                         if name != "self" and parameter.kind not in (parameter.VAR_KEYWORD,
-                                                                      parameter.VAR_POSITIONAL))
-    return names
-
-
-def build_method(name, **hparams):
-    """Instantiate the registered method `name` with `hparams` overriding its defaults;
+def build_method(name, **options):
+    """Instantiate the registered method `name` with `options` overriding its defaults;
     an option it does not take is a UserError naming those it does."""
-    method_class = METHODS.get(name)
-    known = method_options(method_class)
-    unknown = sorted(set(hparams) - known)
-    if unknown:
-        raise UserError(f"--method_options: {name} takes no {', '.join(unknown)}; its options: "
-                        f"{', '.join(sorted(known))}")
-    return method_class(name=name, **hparams)
+    return METHODS.get(name)(name=name, **options)

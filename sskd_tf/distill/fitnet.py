@@ -21,10 +21,14 @@ never matches, so the momentum carries over). Differences:
 - the hint is the element mean of the squared difference (the authors'), not
   the paper's half sum.
 """
+import dataclasses
+
 import keras
 import tensorflow as tf
 
 from sskd_tf.distill.base import METHODS, DistillationMethod
+from sskd_tf.distill.options import MethodOptions, option
+from sskd_tf.distill.stages import Stage
 from sskd_tf.errors import UserError
 
 AUTHORS_INIT_EPOCHS = 40
@@ -82,15 +86,38 @@ def hint_loss(student_features, teacher_features):
     )
 
 
+def initialisation_stages(init_epochs):
+    """KD_methods_with_TF `Optimizer_w_Initializer` (FitNet, FSP): `init_epochs` epochs on
+    the distillation loss and the weight decay of the variables it reaches, then the
+    run's epochs on the task alone, with one optimizer whose momentum carries over (the
+    authors' `train_w_distill.py` means to reset it at the switch, but its variable-name
+    test never matches). The learning rate decays inside the second stage only."""
+    return (Stage("init", epochs=init_epochs, task=False),
+            Stage(distillation=None))
+
+
+@dataclasses.dataclass(frozen=True)
+class FitNetOptions(MethodOptions):
+    weight: float = option(1.0, "weight of the hint term", at_least=0)
+    init_epochs: int = option(
+        AUTHORS_INIT_EPOCHS, "epochs of hint-only initialisation before the task alone (the "
+        "authors' 40); 0: hints and task together throughout", at_least=0)
+
+
 @METHODS.register("fitnet")
 class FitNet(DistillationMethod):
-    """Hint loss on every tap. `init_epochs=40` (the authors): the training step
-    trains on the hints alone for 40 epochs, then on the cross-entropy alone;
-    `init_epochs=0`: plain multi-task CE + weight * hints throughout."""
+    """FitNet hints (Romero et al., ICLR 2015), with a learned 1x1 regressor where widths
+    differ. The authors' recipe first trains on the hints alone for `init_epochs=40`
+    epochs, then on the task alone; `init_epochs=0`: plain multi-task CE + weight * hints
+    throughout."""
 
-    def __init__(self, weight=1.0, init_epochs=AUTHORS_INIT_EPOCHS, **kwargs):
-        super().__init__(init_epochs=init_epochs, **kwargs)
-        self.weight = float(weight)
+    Options = FitNetOptions
+    library_name = "FitNetDistillation"
+
+    def stages(self):
+        if self.options.init_epochs:
+            return initialisation_stages(self.options.init_epochs)
+        return super().stages()
 
     def build(self, student_out_shape, teacher_out_shape):
         self.regressors = build_regressors(
@@ -99,7 +126,7 @@ class FitNet(DistillationMethod):
 
     def call(self, student_out, teacher_out, labels, training=False):
         student_features = apply_regressors(self.regressors, student_out["features"])
-        return {"hint": self.weight * hint_loss(student_features, teacher_out["features"])}
+        return {"hint": self.options.weight * hint_loss(student_features, teacher_out["features"])}
 
     @classmethod
     def search_space(cls, hp):

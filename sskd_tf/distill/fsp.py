@@ -19,9 +19,14 @@ batch mean of sum((G_T - G_S)^2) / 2. Two normalisations, `normalisation=`:
   whatever distillation loss the network returns, so this mode uses
   `gradient_rule = "clip"` and no initialisation phase.
 """
+import dataclasses
+import typing
+
 import tensorflow as tf
 
 from sskd_tf.distill.base import METHODS, DistillationMethod
+from sskd_tf.distill.fitnet import initialisation_stages
+from sskd_tf.distill.options import MethodOptions, option
 from sskd_tf.errors import UserError
 
 NORMALISATIONS = ("kd_methods", "eccv2018")
@@ -72,29 +77,51 @@ def fsp_loss(student_features, teacher_features, normalisation="kd_methods"):
     return loss / float(matrix_sizes) if normalisation == "eccv2018" else loss
 
 
-@METHODS.register("fsp")
-class FSP(DistillationMethod):
+@dataclasses.dataclass(frozen=True)
+class FSPOptions(MethodOptions):
     """`weight` and `init_epochs` default to the chosen normalisation's recipe
     (kd_methods: 1e-3 and 40; eccv2018: 1 and 0)."""
 
-    def __init__(self, normalisation="kd_methods", weight=None, init_epochs=None, **kwargs):
-        if normalisation not in NORMALISATIONS:
-            raise UserError(
-                f"normalisation must be one of {NORMALISATIONS}, got {normalisation!r}"
-            )
-        kd_methods = normalisation == "kd_methods"
-        if init_epochs is None:
-            init_epochs = KD_METHODS_INIT_EPOCHS if kd_methods else 0
-        super().__init__(init_epochs=init_epochs, **kwargs)
-        self.normalisation = normalisation
-        if weight is None:
-            weight = KD_METHODS_WEIGHT if kd_methods else 1.0
-        self.weight = float(weight)
-        self.gradient_rule = "sum" if kd_methods else "clip"
+    normalisation: str = option("kd_methods", "kd_methods (KD_methods_with_TF) or eccv2018 "
+                                "(SSKD_SVD nets/FSP.py)", choices=NORMALISATIONS)
+    weight: typing.Optional[float] = option(
+        None, "weight of the FSP term; None: the normalisation's (1e-3 or 1)", at_least=0)
+    init_epochs: typing.Optional[int] = option(
+        None, "epochs of FSP-only initialisation before the task alone; None: the "
+        "normalisation's (40 or 0)", at_least=0)
+
+    def __post_init__(self):
+        super().__post_init__()
+        kd_methods = self.normalisation == "kd_methods"
+        if self.weight is None:
+            object.__setattr__(self, "weight", KD_METHODS_WEIGHT if kd_methods else 1.0)
+        if self.init_epochs is None:
+            object.__setattr__(self, "init_epochs", KD_METHODS_INIT_EPOCHS if kd_methods else 0)
+
+
+@METHODS.register("fsp")
+class FSP(DistillationMethod):
+    """FSP matrices of consecutive taps (Yim et al., CVPR 2017); at least two pairs.
+    kd_methods: trained as FitNet (40 epochs on the FSP loss, then the task alone);
+    eccv2018: the clipped multi-task rule throughout."""
+
+    Options = FSPOptions
+    library_name = "FSPDistillation"
+    min_taps = 2
+
+    @property
+    def default_gradient_rule(self):
+        return "sum" if self.options.normalisation == "kd_methods" else "clip"
+
+    def stages(self):
+        if self.options.init_epochs:
+            return initialisation_stages(self.options.init_epochs)
+        return super().stages()
 
     def call(self, student_out, teacher_out, labels, training=False):
-        loss = fsp_loss(student_out["features"], teacher_out["features"], self.normalisation)
-        return {"fsp": self.weight * loss}
+        loss = fsp_loss(student_out["features"], teacher_out["features"],
+                        self.options.normalisation)
+        return {"fsp": self.options.weight * loss}
 
     @classmethod
     def search_space(cls, hp):

@@ -24,6 +24,7 @@ backward formulas:
   teacher's, so only the teacher's signs matter; the 2018 release aligns the
   teacher's to the student's, so there only the student's do.
 """
+import dataclasses
 import functools
 import math
 
@@ -32,40 +33,14 @@ import tensorflow as tf
 
 from sskd_tf import linalg
 from sskd_tf.distill.base import METHODS, DistillationMethod
+from sskd_tf.distill.options import MethodOptions, option
 from sskd_tf.errors import UserError
+from sskd_tf.linalg import BACKENDS, DECOMPOSITION_DEVICES
 
 VARIANTS = ("refined", "eid", "eccv")
-# main.py's flags for the methods of this module, read without importing it
-# (distill/catalog.py): literals only.
-COMMAND_LINE_OPTIONS = {
-    "svd_gradient": {
-        "option": "gradient", "default": "original", "choices": ("original", "exact"),
-        "help": "KD-SVD / KD-EID backward pass: original (the authors' formula, faithful) or "
-                "exact (the true SVD gradient, guarded against degenerate spectra)."},
-    "svd_backend": {
-        "option": "backend", "default": "linalg_svd",
-        "choices": ("linalg_svd", "gram", "hybrid", "batched"),
-        "help": "KD-SVD / KD-EID decomposition, same gradient formulas in all: linalg_svd "
-                "(tf.linalg.svd, faithful), gram (eigh of the smaller Gram matrix: fastest on "
-                "CPU, its own sign rule, so another loss where tf.linalg.svd's teacher signs "
-                "differ), hybrid (tf.linalg.svd only where signs matter: the loss of linalg_svd, "
-                "faster) or batched (dense batched operations only, no Svd/Eigh op: the GPU "
-                "route, best with --jit; gram's signs). See docs/benchmarks.md."},
-    "decomposition_device": {
-        "option": "decomposition_device", "default": "auto",
-        "choices": ("auto", "cpu", "accelerator"),
-        "help": "KD-SVD / KD-EID: where the decompositions run. auto (faithful: the host CPU "
-                "whenever the step runs on a GPU/TPU, as the authors), cpu, or accelerator "
-                "(with the step; use with --svd_backend=batched or gram and --jit)."},
-    "project_student": {
-        "option": "project_student", "default": False,
-        "help": "KD-SVD: map student taps of another width to the teacher's with a learned "
-                "1x1 conv + BN (as the authors' TF2 rewrite)."},
-}
-GRADIENTS = COMMAND_LINE_OPTIONS["svd_gradient"]["choices"]
-BACKENDS = COMMAND_LINE_OPTIONS["svd_backend"]["choices"]
-# Where the decompositions run (see `decomposition_device`).
-DECOMPOSITION_DEVICES = COMMAND_LINE_OPTIONS["decomposition_device"]["choices"]
+# The backward passes a user chooses (linalg.GRADIENTS also holds the 2018 release's own,
+# which "original" selects for svd_eccv).
+GRADIENTS = ("original", "exact")
 RBF_WIDTH = 8.0
 
 
@@ -306,6 +281,39 @@ def svd_kd_loss(student_feats, teacher_feats, variant="refined", gradient="origi
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class KDSVDOptions(MethodOptions):
+    gradient: str = option(
+        "original", "KD-SVD / KD-EID backward pass: original (the authors' formula, faithful) "
+        "or exact (the true SVD gradient, guarded against degenerate spectra).",
+        flag="svd_gradient", choices=GRADIENTS)
+    weight: float = option(1.0, "weight of the KD-SVD term", at_least=0)
+    teacher_components: int = option(
+        1, "K: the teacher's leading singular vectors kept per tap (num_DFV of the 2018 "
+        "release)", at_least=1)
+    student_extra_components: int = option(
+        3, "student vectors kept beyond K, among which each teacher vector finds its match "
+        "(refined and eid)", at_least=0)
+    rbf_width: float = option(RBF_WIDTH, "width of the RBF correlation (paper eq. 6)",
+                              at_least=1e-12)
+    project_student: bool = option(
+        False, "KD-SVD: map student taps of another width to the teacher's with a learned "
+        "1x1 conv + BN (as the authors' TF2 rewrite).", flag="project_student")
+    backend: str = option(
+        "linalg_svd", "KD-SVD / KD-EID decomposition, same gradient formulas in all: "
+        "linalg_svd (tf.linalg.svd, faithful), gram (eigh of the smaller Gram matrix: fastest "
+        "on CPU, its own sign rule, so another loss where tf.linalg.svd's teacher signs "
+        "differ), hybrid (tf.linalg.svd only where signs matter: the loss of linalg_svd, "
+        "faster) or batched (dense batched operations only, no Svd/Eigh op: the GPU route, "
+        "best with --jit; gram's signs). See docs/benchmarks.md.",
+        flag="svd_backend", choices=BACKENDS)
+    decomposition_device: str = option(
+        "auto", "KD-SVD / KD-EID: where the decompositions run. auto (faithful: the host CPU "
+        "whenever the step runs on a GPU/TPU, as the authors), cpu, or accelerator (with the "
+        "step; use with --svd_backend=batched or gram and --jit).",
+        flag="decomposition_device", choices=DECOMPOSITION_DEVICES)
+
+
 class KDSVD(DistillationMethod):
     """KD-SVD as a registered method: `weight * svd_kd_loss(...)` over the taps,
     with the clipped multi-task gradient of KD_methods_with_TF `op_util.py`.
@@ -321,37 +329,17 @@ class KDSVD(DistillationMethod):
     decompositions and the loss stay in float32.
     """
 
+    Options = KDSVDOptions
     variant = "refined"
-    gradient_rule = "clip"
+    min_taps = 2
+    default_gradient_rule = "clip"
     reduction = "sum"
-
-    def __init__(self, gradient="original", weight=1.0, teacher_components=1,
-                 student_extra_components=3, rbf_width=RBF_WIDTH, project_student=False,
-                 backend="linalg_svd", decomposition_device="auto", **kwargs):
-        super().__init__(**kwargs)
-        linalg.check_backend(backend)
-        if decomposition_device not in DECOMPOSITION_DEVICES:
-            raise UserError(f"{self.name}: decomposition_device={decomposition_device!r}; "
-                             f"choose one of: {', '.join(DECOMPOSITION_DEVICES)}")
-        self.decomposition_device = decomposition_device
-        limits = {"teacher_components": (teacher_components, 1), "rbf_width": (rbf_width, 1e-12),
-                  "student_extra_components": (student_extra_components, 0), "weight": (weight, 0)}
-        for option, (value, lowest) in limits.items():
-            if value < lowest:
-                raise UserError(f"{self.name}: {option}={value} is out of range (at least {lowest})")
-        self.gradient = gradient
-        self.backend = backend
-        self.weight = float(weight)
-        self.teacher_components = int(teacher_components)
-        self.student_extra_components = int(student_extra_components)
-        self.rbf_width = float(rbf_width)
-        self.project_student = bool(project_student)
 
     def build(self, student_out_shape, teacher_out_shape):
         self.projections = []
         for tap, (student, teacher) in enumerate(zip(student_out_shape["features"],
                                                      teacher_out_shape["features"])):
-            if not self.project_student or student[-1] == teacher[-1]:
+            if not self.options.project_student or student[-1] == teacher[-1]:
                 self.projections.append(None)
                 continue
             if tuple(student[1:3]) != tuple(teacher[1:3]):
@@ -374,12 +362,14 @@ class KDSVD(DistillationMethod):
             for projection, feats in zip(self.projections, student_out["features"])
         ]
         teacher_feats = [tf.cast(feats, tf.float32) for feats in teacher_out["features"]]
+        options = self.options
         loss = svd_kd_loss(
-            student_feats, teacher_feats, self.variant, self.gradient,
-            backend=self.backend, teacher_components=self.teacher_components,
-            student_extra_components=self.student_extra_components, rbf_width=self.rbf_width,
-            device=linalg.decomposition_device(self.decomposition_device))
-        return {self.name: self.weight * loss}
+            student_feats, teacher_feats, self.variant, options.gradient,
+            backend=options.backend, teacher_components=options.teacher_components,
+            student_extra_components=options.student_extra_components,
+            rbf_width=options.rbf_width,
+            device=linalg.decomposition_device(options.decomposition_device))
+        return {self.name: options.weight * loss}
 
     def jit_advice(self):
         """XLA lowers `tf.linalg.svd` to a one-sided Jacobi SVD: on a 2-core CPU the
@@ -388,13 +378,14 @@ class KDSVD(DistillationMethod):
         "batched" backend dense operations only. On an accelerator, placing the
         decompositions on the host CPU (the default) takes them out of the compiled
         step."""
-        if self.variant != "eid" and self.backend not in ("gram", "batched"):
-            return (f"{self.name}: --svd_backend={self.backend} runs tf.linalg.svd, which XLA "
+        backend, device = self.options.backend, self.options.decomposition_device
+        if self.variant != "eid" and backend not in ("gram", "batched"):
+            return (f"{self.name}: --svd_backend={backend} runs tf.linalg.svd, which XLA "
                     "compiles to a slow Jacobi SVD (minutes per step on CPU); with --jit "
                     "prefer --svd_backend=gram or batched (docs/benchmarks.md)")
-        if self.decomposition_device != "accelerator" and (
+        if device != "accelerator" and (
                 tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")):
-            return (f"{self.name}: --decomposition_device={self.decomposition_device} runs the "
+            return (f"{self.name}: --decomposition_device={device} runs the "
                     "decompositions on the host CPU, outside the compiled step; with --jit "
                     "use --decomposition_device=accelerator (docs/benchmarks.md)")
         return ""
@@ -412,16 +403,20 @@ class KDSVD(DistillationMethod):
 
 @METHODS.register("svd")
 class KDSVDRefined(KDSVD):
-    """Refined KD-SVD (KD_methods_with_TF), docs/method.md section 1."""
+    """KD-SVD, the authors' refined version (docs/method.md sections 1 and 3): at least
+    two layer pairs, related through the RBF correlation of consecutive taps."""
 
     variant = "refined"
+    library_name = "SVDDistillation"
+    role = "default"
 
 
 @METHODS.register("eid")
 class KDEID(KDSVD):
-    """KD-EID: KD-SVD with the Gram-matrix decomposition, docs/method.md section 2."""
+    """KD-EID: KD-SVD through the Gram matrix's eigendecomposition (docs/method.md section 2)."""
 
     variant = "eid"
+    library_name = "EIDDistillation"
 
 
 @METHODS.register("svd_eccv")
@@ -430,4 +425,5 @@ class KDSVDECCV(KDSVD):
     release's recipe (`--recipe=eccv2018`) unless another is given."""
 
     variant = "eccv"
+    library_name = "SVDECCVDistillation"
     recipe = "eccv2018"

@@ -18,12 +18,16 @@ of this port:
 - the distance is the element mean of the squared difference per tap, summed
   over taps, times `weight` (1 by default, not taken from the paper).
 """
+import dataclasses
+import typing
+
 import keras
 import numpy as np
 import tensorflow as tf
 
 from sskd_tf.distill.base import METHODS, DistillationMethod
 from sskd_tf.distill.fitnet import apply_regressors, build_regressors
+from sskd_tf.distill.options import MethodOptions, option
 from sskd_tf.errors import UserError
 
 PROJECTIONS = ("random", "pca")
@@ -67,23 +71,37 @@ class ActivationCovariance:
         return self.outer_total / self.count - np.outer(mean, mean)
 
 
+@dataclasses.dataclass(frozen=True)
+class RdimOptions(MethodOptions):
+    projection: str = option("random", "the subspace: a fixed random one, or the teacher's "
+                             "principal directions estimated in prepare (pca)",
+                             choices=PROJECTIONS)
+    dim: typing.Optional[int] = option(None, "subspace size per tap; None: a quarter of the "
+                                       "teacher's width", at_least=1)
+    weight: float = option(1.0, "weight of the projected term", at_least=0)
+    seed: typing.Optional[int] = option(None, "seed of the random projections (tap t uses "
+                                        "seed + t); None: unseeded")
+    pca_max_batches: typing.Optional[int] = option(None, "batches that estimate the "
+                                                   "principal directions; None: one pass",
+                                                   at_least=1)
+
+
 @METHODS.register("rdim")
 class RdimKD(DistillationMethod):
-    def __init__(
-        self, projection="random", dim=None, weight=1.0, seed=None, pca_max_batches=None, **kwargs
-    ):
-        super().__init__(**kwargs)
-        if projection not in PROJECTIONS:
-            raise UserError(f"projection must be one of {PROJECTIONS}, got {projection!r}")
-        self.projection = projection
-        self.dim = None if dim is None else int(dim)
-        self.weight = float(weight)
-        self.seed = seed
-        self.pca_max_batches = pca_max_batches
+    """Feature matching in a reduced-dimension subspace of the teacher's taps.
+    `projection="pca"` estimates the subspace from the training data before training."""
+
+    Options = RdimOptions
+    library_name = "RdimDistillation"
+
+    def __init__(self, name=None, **options):
+        super().__init__(name=name, **options)
         self._pca_directions = None
 
     def subspace_size(self, teacher_width):
-        dim = self.dim if self.dim is not None else teacher_width // DEFAULT_DIM_DIVISOR
+        dim = self.options.dim
+        if dim is None:
+            dim = teacher_width // DEFAULT_DIM_DIVISOR
         return max(1, min(dim, teacher_width))
 
     def build(self, student_out_shape, teacher_out_shape):
@@ -92,7 +110,7 @@ class RdimKD(DistillationMethod):
         self.projections = []
         for tap, shape in enumerate(teacher_shapes):
             width = shape[-1]
-            seed = None if self.seed is None else self.seed + tap
+            seed = None if self.options.seed is None else self.options.seed + tap
             self.projections.append(
                 self.add_weight(
                     shape=(width, self.subspace_size(width)),
@@ -108,11 +126,12 @@ class RdimKD(DistillationMethod):
         """For `projection="pca"`: one pass of the teacher over `train_ds` (batches
         of images, or (images, labels) pairs) to estimate each tap's top
         principal directions."""
-        if self.projection != "pca":
+        if self.options.projection != "pca":
             return
         statistics = None
         for step, batch in enumerate(train_ds):
-            if self.pca_max_batches is not None and step >= self.pca_max_batches:
+            if (self.options.pca_max_batches is not None
+                    and step >= self.options.pca_max_batches):
                 break
             images = batch[0] if isinstance(batch, (tuple, list)) else batch
             features = teacher(images, training=False)["features"]
@@ -136,7 +155,7 @@ class RdimKD(DistillationMethod):
     def call(self, student_out, teacher_out, labels, training=False):
         student_features = apply_regressors(self.regressors, student_out["features"])
         loss = projected_l2_loss(student_features, teacher_out["features"], self.projections)
-        return {"rdim": self.weight * loss}
+        return {"rdim": self.options.weight * loss}
 
     @classmethod
     def search_space(cls, hp):

@@ -11,7 +11,7 @@ alpha = 0.3, temperature T = 3, lambda = 0.03.
 Followed: the authors' journal code (ArchipLab-LinfengZhang/pytorch-self-distillation-final,
 `train.py`, `resnet.py`). Choices of this port:
 
-- the deepest exit's CE has weight 1 (`ce_weight`, as the authors' `train.py`),
+- the deepest exit's CE has weight 1 (`task_weight`, as the authors' `train.py`),
   each shallow exit's CE 1 - alpha;
 - the deepest logits and feature are stop-gradient targets (the authors detach
   them); KL replaces the authors' soft cross-entropy, which differs by the
@@ -28,6 +28,7 @@ Followed: the authors' journal code (ArchipLab-LinfengZhang/pytorch-self-distill
   over channels, batch mean, on every shallow exit. The authors' journal
   `train.py` has no hint term: lambda = 0.03 is the paper's.
 """
+import dataclasses
 import math
 
 import keras
@@ -35,6 +36,7 @@ import numpy as np
 import tensorflow as tf
 
 from sskd_tf.distill.base import METHODS, DistillationMethod
+from sskd_tf.distill.options import MethodOptions, option
 from sskd_tf.distill.soft_logits import soft_logits_loss
 from sskd_tf.errors import UserError
 
@@ -158,15 +160,25 @@ def exit_losses(logits, feature, deepest_logits, deepest_feature, labels, temper
     )
 
 
+@dataclasses.dataclass(frozen=True)
+class SelfDistillationOptions(MethodOptions):
+    kd_weight: float = option(0.3, "alpha: weight of each shallow exit's KD term (its CE "
+                              "weighs 1 - alpha)", at_least=0)
+    temperature: float = option(3.0, "softmax temperature of the KD terms", at_least=1e-12)
+    feature_weight: float = option(0.03, "lambda: weight of each shallow exit's feature hint",
+                                   at_least=0)
+
+
 @METHODS.register("self_distill")
 class SelfDistillation(DistillationMethod):
-    needs_teacher = False
+    """Shallow classifiers on the student's taps, taught by its deepest one (Zhang et al.,
+    TPAMI 2021); no teacher network."""
 
-    def __init__(self, kd_weight=0.3, temperature=3.0, feature_weight=0.03, **kwargs):
-        super().__init__(**kwargs)
-        self.kd_weight = float(kd_weight)
-        self.temperature = float(temperature)
-        self.feature_weight = float(feature_weight)
+    Options = SelfDistillationOptions
+    library_name = "SelfDistillation"
+    needs_teacher = False
+    min_taps = 2
+    has_exits = True
 
     def build(self, student_out_shape):
         taps = student_out_shape["features"]
@@ -218,11 +230,11 @@ class SelfDistillation(DistillationMethod):
         for index, (head, tap) in enumerate(zip(self.heads, features[:-1])):
             feature, logits = head(tap, training=training)
             ce, kd, hint = exit_losses(
-                logits, feature, deepest_logits, deepest_feature, labels, self.temperature
+                logits, feature, deepest_logits, deepest_feature, labels, self.options.temperature
             )
-            terms[f"exit_{index}_ce"] = (1.0 - self.kd_weight) * ce
-            terms[f"exit_{index}_kd"] = self.kd_weight * kd
-            terms[f"exit_{index}_hint"] = self.feature_weight * hint
+            terms[f"exit_{index}_ce"] = (1.0 - self.options.kd_weight) * ce
+            terms[f"exit_{index}_kd"] = self.options.kd_weight * kd
+            terms[f"exit_{index}_hint"] = self.options.feature_weight * hint
         return terms
 
     @classmethod

@@ -13,9 +13,12 @@ from the paper, kept by default and switchable:
   restores the paper's scaling;
 - earlier revisions of the authors' code used T = 3 (`nets/Distillation.py` era).
 """
+import dataclasses
+
 import tensorflow as tf
 
 from sskd_tf.distill.base import METHODS, DistillationMethod
+from sskd_tf.distill.options import MethodOptions, option
 
 
 def soft_logits_loss(student_logits, teacher_logits, temperature, scale_by_t_squared=False):
@@ -28,22 +31,33 @@ def soft_logits_loss(student_logits, teacher_logits, temperature, scale_by_t_squ
     return loss * temperature**2 if scale_by_t_squared else loss
 
 
+@dataclasses.dataclass(frozen=True)
+class SoftLogitsOptions(MethodOptions):
+    temperature: float = option(4.0, "softmax temperature T (the authors' 4)", at_least=1e-12)
+    kd_weight: float = option(0.3, "weight of the KD term; the task loss gets 1 - kd_weight",
+                              at_least=0)
+    scale_by_t_squared: bool = option(False, "multiply the KD term by T^2 (the paper; the "
+                                             "authors do not)")
+
+
 @METHODS.register("soft_logits")
 class SoftLogits(DistillationMethod):
-    """Total loss = (1 - kd_weight) CE + kd_weight KD; `ce_weight` follows `kd_weight`."""
+    """Hinton's soft logits, KL(teacher || student) at `temperature`, weighted by
+    `kd_weight`; the task loss weighs 1 - kd_weight. Reads the networks' outputs (logits)."""
 
-    def __init__(self, temperature=4.0, kd_weight=0.3, scale_by_t_squared=False, **kwargs):
-        super().__init__(**kwargs)
-        self.temperature = float(temperature)
-        self.kd_weight = float(kd_weight)
-        self.scale_by_t_squared = bool(scale_by_t_squared)
-        self.ce_weight = 1.0 - self.kd_weight
+    Options = SoftLogitsOptions
+    library_name = "SoftLogitsDistillation"
+    reads = "logits"
+    min_taps = 0
+
+    @property
+    def task_weight(self):
+        return 1.0 - self.options.kd_weight
 
     def call(self, student_out, teacher_out, labels, training=False):
-        loss = soft_logits_loss(
-            student_out["logits"], teacher_out["logits"], self.temperature, self.scale_by_t_squared
-        )
-        return {"soft_logits": self.kd_weight * loss}
+        loss = soft_logits_loss(student_out["logits"], teacher_out["logits"],
+                                self.options.temperature, self.options.scale_by_t_squared)
+        return {"soft_logits": self.options.kd_weight * loss}
 
     @classmethod
     def search_space(cls, hp):

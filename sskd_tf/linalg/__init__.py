@@ -17,47 +17,31 @@ dense.eid). Backends (`BACKENDS`), the same gradient formulas in all:
   route, "gram"'s signs.
 Placement: `placement.decomposition_device` (the host CPU when the step runs on an
 accelerator, as the authors).
+
+The names of the choices (`BACKENDS`, `GRADIENTS`, `ROUTES`, `DECOMPOSITION_DEVICES`) are
+defined here and importing the package alone does not import TensorFlow, so that the
+command line's declarations read them (distill/catalog.py); the functions load on first
+use.
 """
-from sskd_tf.errors import UserError
-from sskd_tf.linalg import batched, dense
-from sskd_tf.linalg.dense import column_signs, eid, gram_svd, in_square_band, svd
-from sskd_tf.linalg.gradients import GRADIENTS, finite_or_zero
-from sskd_tf.linalg.placement import DECOMPOSITION_DEVICES, decomposition_device, placed
+import importlib
 
 BACKENDS = ("linalg_svd", "gram", "hybrid", "batched")
+GRADIENTS = ("original", "exact", "eccv")
 ROUTES = ("svd", "eid")
+DECOMPOSITION_DEVICES = ("auto", "cpu", "accelerator")
 
-__all__ = ["BACKENDS", "DECOMPOSITION_DEVICES", "GRADIENTS", "ROUTES", "check_backend",
-           "column_signs", "decompose", "decomposition_device", "eid", "finite_or_zero",
-           "gram_svd", "in_square_band", "svd"]
+# Attribute -> the submodule that defines it.
+_FUNCTIONS = {
+    "check_backend": "dispatch", "decompose": "dispatch",
+    "column_signs": "dense", "eid": "dense", "gram_svd": "dense", "in_square_band": "dense",
+    "svd": "dense", "finite_or_zero": "gradients", "decomposition_device": "placement",
+    "placed": "placement",
+}
+
+__all__ = ["BACKENDS", "DECOMPOSITION_DEVICES", "GRADIENTS", "ROUTES", *sorted(_FUNCTIONS)]
 
 
-def check_backend(backend):
-    """Raise a UserError naming the choices unless `backend` is one of BACKENDS."""
-    if backend not in BACKENDS:
-        raise UserError(f"unknown SVD backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-
-
-def decompose(x, route="svd", gradient="original", backend="linalg_svd", components=None,
-              signs_matter=True, device=None):
-    """(s, u, v) of x [B, M, N] by `route` and `backend`, with the backward formula
-    `gradient` (one of GRADIENTS), its forward operations requested on `device` (None:
-    where the step runs; see `decomposition_device`). components: the leading components
-    the caller keeps (the "batched" backend computes only those; the others all).
-    signs_matter: whether the caller's loss depends on these vectors' signs ("hybrid"
-    takes `tf.linalg.svd`'s then)."""
-    check_backend(backend)
-    if route not in ROUTES:
-        raise ValueError(f"unknown decomposition route {route!r}; choose one of: {ROUTES}")
-    if backend == "hybrid":
-        backend = "linalg_svd" if signs_matter else "gram"
-
-    def run(matrices):
-        if backend == "batched":
-            route_of = batched.batched_eid if route == "eid" else batched.batched_svd
-            return route_of(matrices, gradient, components)
-        if route == "eid":
-            return dense.eid(matrices, gradient, backend)
-        return (dense.gram_svd if backend == "gram" else dense.svd)(matrices, gradient)
-
-    return placed(run, device)(x)
+def __getattr__(attribute):
+    if attribute not in _FUNCTIONS:
+        raise AttributeError(f"module {__name__!r} has no attribute {attribute!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_FUNCTIONS[attribute]}"), attribute)

@@ -17,8 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from sskd_tf.errors import UserError
-
-GRADIENTS = ("original", "exact", "eccv")
+from sskd_tf.linalg import GRADIENTS
 
 # The authors' wide-branch guard on 1/s.
 ORIGINAL_INV_EPS = 1e-8

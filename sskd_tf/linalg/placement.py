@@ -2,7 +2,7 @@
 the step, requested per decomposition while the step is traced."""
 import tensorflow as tf
 
-DECOMPOSITION_DEVICES = ("auto", "cpu", "accelerator")
+from sskd_tf.linalg import DECOMPOSITION_DEVICES
 
 
 def step_device():

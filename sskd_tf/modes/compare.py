@@ -19,7 +19,9 @@ import os
 
 from sskd_tf import compare_report as report
 from sskd_tf.distill import METHODS, build_method
+from sskd_tf.distill.names import BASELINE
 from sskd_tf.errors import UserError
+from sskd_tf.distill.catalog import catalog, parse_method_options
 from sskd_tf.modes.run_config import config_from_flags, method_options
 from sskd_tf.training import files, identity
 from sskd_tf.training.config import RESULTS_FILE
@@ -31,14 +33,28 @@ COMPARE_DIR = "compare"
 
 def run(flag_values):
     base = config_from_flags(flag_values, method_options={})
-    options = {name: method_options(flag_values, name) for name in flag_values.methods}
-    compare(base, flag_values.methods, flag_values.seeds, options)
+    compare(base, flag_values.methods, flag_values.seeds,
+            options_per_method(flag_values, flag_values.methods))
+
+
+def options_per_method(flag_values, methods):
+    """{method: its options}: each `--method_options` entry goes to the compared methods
+    that declare that option (an entry none of them declares is a UserError), each method's
+    own flags to it."""
+    given = parse_method_options(flag_values.method_options)
+    declared = {method: {option.name for option in catalog().options_of(method)}
+                for method in methods}
+    unknown = sorted(set(given) - set().union(*declared.values()))
+    if unknown:
+        raise UserError(f"--method_options: no method of --methods takes {', '.join(unknown)}")
+    return {method: {name: value for name, value in method_options(flag_values, method).items()
+                     if name in declared[method]} for method in methods}
 
 
 def shared_identity(base):
     """What every run of a comparison shares: the settings but the method, its options
     and the seed, and the teacher's weights when they are given."""
-    shared = dataclasses.replace(base, method="none", method_options={})
+    shared = dataclasses.replace(base, method=BASELINE, method_options={})
     digest = identity.file_digest(base.teacher_weights, "--teacher_weights") if base.teacher_weights else None
     return {"runs": identity.run_identity(shared), "teacher_weights": digest}
 
@@ -72,7 +88,7 @@ def _compare(base, methods, seeds, options):
     results = {method: [_finished(c) or train(c) for c in runs] for method, runs in configs.items()}
     rows = [report.summary_row(method, configs[method], results[method]) for method in methods]
     exits = {method: report.exit_summary([report.evaluate_exits(c) for c in configs[method]])
-             for method in methods if hasattr(METHODS.get(method), "exit_logits")}
+             for method in methods if METHODS.get(method).has_exits}
     report.write_outputs(root, base, rows, results, exits)
     if base.verbose:
         print(f"\n{report.markdown(base, rows, results, exits)}", end="", flush=True)

@@ -25,7 +25,7 @@ def method_options(flag_values, method):
     """--method_options, plus each command-line option of `method` (its module's
     COMMAND_LINE_OPTIONS, see distill/catalog.py) that --method_options leaves unset."""
     options = parse_method_options(flag_values.method_options)
-    for option in catalog().options_of(method):
+    for option in catalog().flags_of(method):
         options.setdefault(option.option, getattr(flag_values, option.flag))
     return options
 
@@ -73,7 +73,7 @@ def flag_lines(config):
                   lr_decay_points=None if config.lr_decay_points is None else [
                       repr(float(point)) for point in config.lr_decay_points],
                   no_download=not config.download)
-    for option in catalog().options_of(config.method):
+    for option in catalog().flags_of(config.method):
         if option.option in options:
             values[option.flag] = options.pop(option.option)
     values["method_options"] = [_option_item(name, value) for name, value in options.items()]

@@ -5,6 +5,8 @@ import dataclasses
 
 from sskd_tf import data as datasets
 from sskd_tf import models
+from sskd_tf.distill.names import DEFAULT_METHOD
+from sskd_tf.training.precision import FULL_PRECISION
 from sskd_tf.training.recipes import DEFAULT_RECIPE, RECIPES
 
 RESULTS_FILE = "results.json"
@@ -21,7 +23,7 @@ class RunConfig:
     student: str = None
     teacher_taps: tuple = ()
     student_taps: tuple = ()
-    method: str = "svd"
+    method: str = DEFAULT_METHOD
     method_options: dict = dataclasses.field(default_factory=dict)
     dataset: str = datasets.DEFAULT_DATASET
     data_dir: str = None
@@ -44,7 +46,7 @@ class RunConfig:
     strategy: str = "default"
     sync_batch_norm: bool = False
     jit: bool = False
-    mixed_precision: str = "none"
+    mixed_precision: str = FULL_PRECISION
     deterministic: bool = False
     max_consecutive_skips: int = 20
     overwrite: bool = False

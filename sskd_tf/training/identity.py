@@ -11,7 +11,6 @@ between a run and its resumption. Every field of `RunConfig` is one or the other
 """
 import dataclasses
 import hashlib
-import inspect
 import json
 import os
 import re
@@ -60,16 +59,9 @@ def model_identity(name, flag):
 
 
 def resolved_method_options(method_class, options):
-    """The options a method is built with: its constructor's defaults (and its bases',
-    up to DistillationMethod) overridden by `options`."""
-    defaults = {}
-    for cls in reversed(method_class.__mro__):
-        if "__init__" in vars(cls) and cls.__module__.startswith("sskd_tf."):
-            for name, parameter in inspect.signature(cls.__init__).parameters.items():
-                if parameter.default is not inspect.Parameter.empty:
-                    defaults[name] = parameter.default
-    defaults.pop("name", None)
-    return {**defaults, **options}
+    """Every option a method is built with: its declared defaults (`Options`)
+    overridden by `options`."""
+    return method_class.Options.of(method_class.__name__, **options).as_dict()
 
 
 def run_identity(config, teacher=None):

@@ -29,6 +29,7 @@ from sskd_tf.data.pipeline import RESIZE_CHUNK
 from sskd_tf.distill import METHODS
 from sskd_tf.errors import UserError
 from sskd_tf.models.names import KERAS_PREFIX
+from sskd_tf.training.precision import FULL_PRECISION
 
 # Memory limits of the cgroup the process is in: cgroup v2, then v1 ("max": none).
 CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
@@ -98,7 +99,7 @@ def estimate(config):
         parts[("the input pipeline", "pipeline")] = (kept_train + kept_test) * pixels \
             + kept_test * pixels * 4
     batch = min(config.batch_size, kept_train) if train else config.batch_size
-    value_bytes = 4 if config.mixed_precision == "none" else 2
+    value_bytes = 4 if config.mixed_precision == FULL_PRECISION else 2
     student = layer_outputs(config.student, info.num_classes, image_shape,
                             tuple(config.student_taps), "student")
     parts[(f"training the student at batch {batch}", "training")] = \

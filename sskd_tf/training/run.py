@@ -27,7 +27,9 @@ import tensorflow as tf
 from sskd_tf import data as datasets
 from sskd_tf import models
 from sskd_tf.distill import METHODS, build_method
+from sskd_tf.distill.names import BASELINE
 from sskd_tf.errors import UserError
+from sskd_tf.losses import loss_of
 from sskd_tf.training import callbacks as run_callbacks
 from sskd_tf.training import files, identity, multi_worker
 from sskd_tf.training.config import RESULTS_FILE, log
@@ -56,7 +58,7 @@ def teacher_run_config(config):
     if learning_rate == recipe.learning_rate_for(config.student):
         learning_rate = recipe.learning_rate_for(config.teacher)
     return dataclasses.replace(
-        config, method="none", student=config.teacher, student_taps=config.teacher_taps,
+        config, method=BASELINE, student=config.teacher, student_taps=config.teacher_taps,
         method_options={}, train_dir=os.path.join(config.train_dir, TEACHER_DIR),
         overwrite=False, teacher_weights=None, learning_rate=learning_rate)
 
@@ -148,11 +150,11 @@ def build_distiller(config, method, teacher, student, cut):
     recipe = RECIPES.get(config.recipe)
     schedule = learning_rate_schedule(
         config.learning_rate, config.lr_decay_points, config.lr_decay_rate, config.epochs,
-        cut, init_epochs=method.init_epochs)
+        cut, offset=method.stage_plan().offset)
     optimizer = build_optimizer(config.optimizer or recipe.optimizer, schedule,
                                 momentum=recipe.momentum, nesterov=recipe.nesterov)
-    distiller = Distiller(student, method, teacher, epoch_cut=cut, clip_rule=recipe.clip_rule,
-                          sync_batch_norm=config.sync_batch_norm)
+    distiller = Distiller(teacher, student, loss_of(method), epoch_cut=cut,
+                          clip_rule=recipe.clip_rule, sync_batch_norm=config.sync_batch_norm)
     distiller.build((None,) + tuple(student.input_shape[1:]))
     distiller.compile(optimizer=optimizer, jit_compile=config.jit)
     optimizer.build(distiller.trainable_variables)
@@ -274,7 +276,7 @@ def _train_in(config, record):
             student = build_student(config, data.info)
         method.prepare(teacher, data.training(0, cut.full_batches).take(cut.first_step(1)))
         distiller = build_distiller(config, method, teacher, student, cut)
-    total_epochs = config.epochs + method.init_epochs
+    total_epochs = method.stage_plan().total_epochs(config.epochs)
     checkpoint = run_callbacks.RunCheckpoint(config.train_dir, distiller, cut, total_epochs)
     epochs_done, previous_time = checkpoint.restore()
     step = int(checkpoint.model_step())

@@ -1,7 +1,7 @@
 """How a run's steps are cut into epochs, and the learning rate over them.
 
 The epoch of a step drives the learning-rate decays, the clip rule's sigmoid and the
-initialisation stages; its last step is where the run validates and checkpoints. The
+training stages; its last step is where the run validates and checkpoints. The
 authors' two training scripts cut differently, and `EpochCut` reproduces each
 (docs/method.md section 5, "Epochs"):
 
@@ -72,6 +72,12 @@ class EpochCut:
             epoch = tf.math.floordiv(step, self._steps_per_epoch)
         return tf.cast(epoch, tf.float32)
 
+    def epoch_at(self, step):
+        """The 0-based epoch of a 0-based global step, as a Python int (`epoch_of`)."""
+        if self.kind == "kd_methods":
+            return step * self.batch_size // self.num_train
+        return step // self._steps_per_epoch
+
     def first_step(self, epoch):
         """The first global step whose epoch is `epoch`."""
         if self.kind == "kd_methods":
@@ -102,14 +108,15 @@ def clip_sigmoid(epoch):
     return tf.where(value > 1.0 - 1e-8, tf.ones_like(value), value)
 
 
-def decay_epochs(epochs, decay_points, init_epochs=0):
-    """Epochs at which the learning rate decays: init_epochs + int(epochs * p)."""
-    return [init_epochs + int(epochs * point) for point in decay_points]
+def decay_epochs(epochs, decay_points, offset=0):
+    """Epochs at which the learning rate decays: offset + int(epochs * p), `offset` the
+    epochs of the stages before the main one (`StagePlan.offset`)."""
+    return [offset + int(epochs * point) for point in decay_points]
 
 
-def learning_rate_schedule(learning_rate, decay_points, decay_rate, epochs, cut, init_epochs=0):
+def learning_rate_schedule(learning_rate, decay_points, decay_rate, epochs, cut, offset=0):
     """Piecewise-constant learning rate: x decay_rate from the first step of each decay
-    epoch on, the epochs of `cut` (an EpochCut)."""
-    boundaries = [cut.first_step(e) - 1 for e in decay_epochs(epochs, decay_points, init_epochs)]
+    epoch on, the epochs of `cut` (an EpochCut), counted from `offset`."""
+    boundaries = [cut.first_step(e) - 1 for e in decay_epochs(epochs, decay_points, offset)]
     values = [learning_rate * decay_rate ** i for i in range(len(boundaries) + 1)]
     return keras.optimizers.schedules.PiecewiseConstantDecay(boundaries, values)
