@@ -212,7 +212,7 @@ BAD_COMMANDS = [
     (["--mode=compare", "--methods=at", "--method_options=nope=1"],
      "no method of --methods takes nope"),
     (["--mode=compare", "--methods=at,svd", "--method_options=beta=-1"],
-     r"do not fit at: at: beta=-1 is out of range \(at least 0\)"),
+     "do not fit at: at: beta=-1.0 is out of range (at least 0)"),
     (["--mode=compare", "--methods=svd,nope"], "unknown method nope"),
     (["--mode=compare", "--methods=svd,svd"], "listed twice"),
     (["--mode=compare", "--seeds=0"], "--seeds"),
