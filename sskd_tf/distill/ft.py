@@ -49,8 +49,10 @@ LEAKY_SLOPE = 0.2
 TRANSFER_WEIGHT = 500.0
 PARAPHRASER_WEIGHT_DECAY = 5e-4
 TRANSLATOR_WEIGHT_DECAY = 5e-4
-# The layers' widths as fractions of the teacher's: D // 2, D // 4, D // 8.
+# Per layer, the teacher's width D divided by: encoder D // 2, D // 4, D // 8; decoder back.
 WIDTH_DIVISORS = (2, 4, 8)
+DECODER_DIVISORS = (4, 2, 1)
+STRIDES = (1, 2, 1)
 
 
 def _leaky(x):
@@ -72,10 +74,10 @@ def _check_teacher_shape(shape, width):
 
 
 def _encoder(width, kernel_regularizer, dtype):
-    return [keras.layers.Conv2D(width // divisor, 3, 2 if layer == 1 else 1, padding="same",
+    return [keras.layers.Conv2D(width // divisor, 3, stride, padding="same",
                                 kernel_initializer=common.variance_scaling("fan_out"),
                                 kernel_regularizer=kernel_regularizer, dtype=dtype, name=f"conv{layer}")
-            for layer, divisor in enumerate(WIDTH_DIVISORS)]
+            for layer, (divisor, stride) in enumerate(zip(WIDTH_DIVISORS, STRIDES))]
 
 
 def _build_chain(layers, input_shape):
@@ -104,10 +106,9 @@ class Paraphraser(keras.layers.Layer):
         self.width = int(width)
         _check_width(self.width)
         self.encoder = _encoder(self.width, None, self.dtype_policy)
-        self.decoder = [keras.layers.Conv2DTranspose(self.width // divisor, 3, 2 if layer == 1 else 1,
-                                                     padding="same", dtype=self.dtype_policy,
-                                                     name=f"deconv{layer}")
-                        for layer, divisor in enumerate((4, 2, 1))]
+        self.decoder = [keras.layers.Conv2DTranspose(self.width // divisor, 3, stride, padding="same",
+                                                     dtype=self.dtype_policy, name=f"deconv{layer}")
+                        for layer, (divisor, stride) in enumerate(zip(DECODER_DIVISORS, STRIDES))]
 
     def build(self, input_shape):
         _check_teacher_shape(input_shape, self.width)
