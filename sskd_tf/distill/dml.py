@@ -1,0 +1,71 @@
+"""DML: deep mutual learning, the loss (the method and its training step come later).
+
+Zhang, Xiang, Hospedales, Lu, "Deep Mutual Learning", CVPR 2018 (arXiv 1706.00384). No fixed
+teacher: a peer network trains beside the student, each on its cross-entropy plus the
+divergence of its predictions from the other's.
+
+Followed: KD_methods_with_TF `nets/Response.py` (`DML`), `nets/ResNet.py` (the peer),
+`op_util.py` (`Optimizer_w_DML`) and `train_w_distill.py` (the loop). The loss,
+`mutual_learning_loss`: [mean_b KL(p_peer || p_student) + mean_b KL(p_student || p_peer)] / 2
+with p = softmax(logits), no temperature and no stop-gradient: the same scalar enters both
+networks' losses and each differentiates it with respect to its own variables (through both
+KL terms).
+
+The authors' training step, as their code runs it (the spec of the step to implement):
+
+- The peer is the 'Teacher' scope: a ResNet32 trained from scratch (its pretrained weights
+  are not loaded for DML), the authors' initialisers, weight decay 5e-4.
+- `Optimizer_w_DML` returns (peer op, student op), but `train_w_distill.py` unpacks them as
+  `train_op, teacher_train_op`: the names are swapped, so its loop, which runs
+  `teacher_train_op` first and `train_op` second, updates the **student first** and the peer
+  second, on the same images. Each `sess.run` evaluates the whole graph again, so:
+  1. student run: a fresh random augmentation of the batch; both networks forward; loss
+     CE_s + wd_s + DML(z_s, z_p), with the peer's logits from its parameters before this
+     step; gradients for the student's variables only; the student's BN moving averages
+     updated; the global step incremented (only this op increments it).
+  2. peer run: another fresh augmentation of the same images; both networks forward, the
+     student with its just-updated parameters; loss CE_p + wd_p + DML(z_s, z_p); gradients for
+     the peer's variables only. The logged loss is this one; the logged training accuracy is
+     the updated student's on this augmentation.
+- BN modes: the student's follows `is_training` (training mode, batch statistics, in both
+  runs; its moving averages are updated in its own run only). The peer's BN runs with
+  `teacher_is_training = not is_training`: during both training runs it is in *inference*
+  mode, normalising with its moving statistics, and its moving-average updates are
+  conditional on the same flag, so they never happen (in validation, where the flag flips,
+  only the student's accuracy is evaluated and the peer is not run). The peer's moving
+  statistics therefore stay at their initial mean 0 and variance 1: its BN layers are fixed
+  affine maps gamma * x / sqrt(1 + 1e-5) + beta, gamma and beta still trained; the peer
+  trains as an unnormalised ResNet32.
+- Weight decay: each network its own, 5e-4 sum(w^2) / 2 over its conv kernels, dense kernel
+  and bias, BN gammas and betas.
+- One `MomentumOptimizer` (learning rate 0.1, momentum 0.9, Nesterov) applies both updates;
+  its momentum slots are per variable, so it is two optimizers with the same hyperparameters.
+  Learning rate 0.1, times 0.1 at epochs 30, 60 and 80 of 100 (no initialisation stage);
+  epoch = floor(global_step * 128 / 50000). The peer's run sees the step already incremented,
+  so its learning rate is the schedule's at the next step (different only on the step that
+  crosses a decay epoch).
+
+Recommendation for the faithful default of the peer's BN: keep it, i.e. call the peer with
+`training=False` in both runs (Keras then normalises with the moving statistics and never
+updates them, while gamma and beta keep training), and offer the paper's behaviour, the peer
+in training mode like the student, as an option. The authors' 73.27 / 73.47 were obtained
+with the quirk.
+"""
+import tensorflow as tf
+
+from sskd_tf.errors import UserError
+
+
+def mutual_learning_loss(student_logits, peer_logits):
+    """[mean_b KL(p_peer || p_student) + mean_b KL(p_student || p_peer)] / 2, p the softmax of
+    the logits over the last axis; symmetric in its arguments, both receive a gradient."""
+    if tuple(student_logits.shape[1:]) != tuple(peer_logits.shape[1:]):
+        raise UserError(f"DML: the student's logits {tuple(student_logits.shape[1:])} and the "
+                        f"peer's {tuple(peer_logits.shape[1:])} must have the same classes")
+    student_log_p = tf.nn.log_softmax(student_logits)
+    peer_log_p = tf.nn.log_softmax(peer_logits)
+
+    def mean_kl(log_p, log_q):
+        return tf.reduce_mean(tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1))
+
+    return (mean_kl(peer_log_p, student_log_p) + mean_kl(student_log_p, peer_log_p)) / 2.0
