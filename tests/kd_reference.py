@@ -1,0 +1,64 @@
+"""NumPy float64 pieces for the tests of the RKD, VID, AB and CO losses, which transcribe
+the authors' formulas independently of sskd_tf: batch norm on the batch's statistics,
+a 1x1 convolution, and gradients by central finite differences."""
+import contextlib
+
+import keras
+import numpy as np
+# scikit-learn's dependency: one BLAS thread beside TensorFlow's runs the many small
+# products of the finite differences several times faster on a busy machine.
+from threadpoolctl import threadpool_limits
+
+BN_EPSILON = 1e-5
+
+
+@contextlib.contextmanager
+def float64_layers():
+    """Layers built inside compute and keep their weights in float64."""
+    previous = keras.config.floatx()
+    keras.config.set_floatx("float64")
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(previous)
+
+
+def batch_norm(x, gamma, beta, epsilon=BN_EPSILON):
+    """Training-mode BN over every axis but the last, with the biased variance."""
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axis=axes)
+    variance = ((x - mean) ** 2).mean(axis=axes)
+    return gamma * (x - mean) / np.sqrt(variance + epsilon) + beta
+
+
+def conv1x1(x, kernel):
+    """[B, H, W, C_in] x [1, 1, C_in, C_out] (or [C_in, C_out]), as one 2-D product."""
+    kernel = kernel.reshape(kernel.shape[-2], kernel.shape[-1])
+    return (x.reshape(-1, x.shape[-1]) @ kernel).reshape(x.shape[:-1] + (kernel.shape[-1],))
+
+
+def numeric_gradient(function, x, step=1e-6):
+    """Central finite differences of the scalar `function` at every entry of `x`."""
+    gradient = np.zeros_like(x)
+    with threadpool_limits(limits=1, user_api="blas"):
+        for index in np.ndindex(x.shape):
+            shifted = x.copy()
+            shifted[index] += step
+            upper = function(shifted)
+            shifted[index] -= 2 * step
+            gradient[index] = (upper - function(shifted)) / (2 * step)
+    return gradient
+
+
+def assert_directional_derivatives(function, x, gradient, rng, directions=2, step=1e-4):
+    """<gradient, d> against the central difference of `function` along random unit
+    directions d; a gradient with errors on any sizeable part of its entries fails."""
+    scale = np.linalg.norm(gradient)
+    assert scale > 0
+    for _ in range(directions):
+        direction = rng.normal(size=x.shape)
+        direction /= np.linalg.norm(direction)
+        with threadpool_limits(limits=1, user_api="blas"):
+            numeric = (function(x + step * direction) - function(x - step * direction)) / (2 * step)
+        analytic = np.sum(gradient * direction)
+        assert abs(numeric - analytic) <= 1e-5 * abs(analytic) + 1e-7 * scale, (numeric, analytic)
