@@ -1,0 +1,136 @@
+"""VID (sskd_tf/distill/vid.py) against a NumPy float64 transcription of
+KD_methods_with_TF `nets/Multiple.py: VID` at commit 9fb5414, on the ResNet8/32 taps."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kd_reference import assert_directional_derivatives, batch_norm, conv1x1, float64_layers
+from sskd_tf.distill.vid import build_vid_regressors, vid_loss
+from sskd_tf.errors import UserError
+
+AUTHORS_TAPS = [(4, 32, 32, 64), (4, 16, 16, 128), (4, 8, 8, 256)]
+WEIGHT_DECAY = 5e-4
+
+
+def reference_mean(student, kernels, gammas, betas, relu_masks=None):
+    """(mu, the ReLUs' masks): mu = BN(fc(relu(BN(fc(relu(BN(fc(s)))))))), per pixel.
+    Given `relu_masks`, each ReLU multiplies by its mask instead: the same function
+    on the linear piece of the base point, which finite differences can follow
+    without crossing a kink."""
+    hidden, masks = batch_norm(conv1x1(student, kernels[0]), gammas[0], betas[0]), []
+    for layer in (1, 2):
+        mask = hidden > 0 if relu_masks is None else relu_masks[layer - 1]
+        masks.append(mask)
+        hidden = batch_norm(conv1x1(hidden * mask, kernels[layer]), gammas[layer], betas[layer])
+    return hidden, masks
+
+
+def reference_tap_loss(student, teacher, kernels, gammas, betas, alpha, relu_masks=None):
+    variance = np.log1p(np.exp(alpha)) + 1.0
+    mean, _ = reference_mean(student, kernels, gammas, betas, relu_masks)
+    return np.mean(np.log(variance) + (teacher - mean) ** 2 / variance) / 2
+
+
+def regressor_weights(regressor):
+    """{name: array} of the regressor's trainable weights: fc{i}/kernel, bn{i}/gamma, bn{i}/beta, alpha."""
+    return {weight.path.split("/", 1)[1]: weight.numpy() for weight in regressor.trainable_weights}
+
+
+def reference_arguments(weights):
+    return ([weights[f"fc{i}/kernel"] for i in range(3)], [weights[f"bn{i}/gamma"] for i in range(3)],
+            [weights[f"bn{i}/beta"] for i in range(3)], weights["alpha"])
+
+
+def randomised_regressors(student_shapes, teacher_shapes, rng):
+    """Float64 regressors with gamma, beta and alpha drawn at random (their initial 1, 0
+    and 5 would hide a misuse)."""
+    with float64_layers():
+        regressors = build_vid_regressors(student_shapes, teacher_shapes, WEIGHT_DECAY)
+    for regressor in regressors:
+        for weight in regressor.trainable_weights:
+            name = weight.path.rsplit("/", 1)[1]
+            if name in ("gamma", "beta", "alpha"):
+                weight.assign(rng.normal(1.0 if name == "gamma" else 0.0, 0.5, weight.shape))
+    return regressors
+
+
+SMALL_TAPS = [(4, 8, 8, 32), (4, 4, 4, 64), (4, 2, 2, 128)]
+KERNELS_AND_ALPHA = ("alpha", "fc0/kernel", "fc1/kernel", "fc2/kernel")
+EVERY_WEIGHT = KERNELS_AND_ALPHA + tuple(f"bn{i}/{name}" for i in range(3)
+                                         for name in ("gamma", "beta"))
+
+
+@pytest.mark.parametrize("teacher_shapes, student_widths, checked_weights, directions", [
+    (AUTHORS_TAPS, (64, 128, 256), KERNELS_AND_ALPHA, 1),
+    (SMALL_TAPS, (16, 32, 64), EVERY_WEIGHT, 2),
+])
+def test_loss_and_gradients_match_the_transcription(teacher_shapes, student_widths,
+                                                    checked_weights, directions):
+    """On the authors' taps (the student as wide as the teacher) the gradients of the
+    student's maps, the kernels and alpha; on smaller taps, with a student half as
+    wide, those of every weight."""
+    rng = np.random.default_rng(0)
+    student_shapes = [shape[:3] + (width,) for shape, width in zip(teacher_shapes, student_widths)]
+    students = [np.maximum(rng.normal(size=shape), 0.0) for shape in student_shapes]
+    teachers = [np.maximum(rng.normal(size=shape), 0.0) for shape in teacher_shapes]
+    regressors = randomised_regressors(student_shapes, teacher_shapes, rng)
+    student_tensors = [tf.constant(student) for student in students]
+    teacher_tensors = [tf.constant(teacher) for teacher in teachers]
+    variables = [{weight.path.split("/", 1)[1]: weight for weight in regressor.trainable_weights}
+                 for regressor in regressors]
+    with tf.GradientTape() as tape:
+        tape.watch(student_tensors + teacher_tensors)
+        loss = vid_loss(student_tensors, teacher_tensors, regressors)
+    gradients = tape.gradient(loss, [student_tensors, teacher_tensors, variables])
+    assert all(gradient is None for gradient in gradients[1])
+
+    expected = 0.0
+    for tap, (student, teacher, regressor) in enumerate(zip(students, teachers, regressors)):
+        weights = regressor_weights(regressor)
+        kernels, gammas, betas, alpha = reference_arguments(weights)
+        expected += reference_tap_loss(student, teacher, kernels, gammas, betas, alpha)
+        _, masks = reference_mean(student, kernels, gammas, betas)
+
+        def tap_loss_of_student(x):
+            return reference_tap_loss(x, teacher, kernels, gammas, betas, alpha, masks)
+
+        assert_directional_derivatives(tap_loss_of_student, student, gradients[0][tap].numpy(),
+                                       rng, directions)
+        for name in checked_weights:
+            def tap_loss_of_weight(value, name=name):
+                arguments = reference_arguments({**weights, name: value})
+                return reference_tap_loss(student, teacher, *arguments, masks)
+
+            assert_directional_derivatives(tap_loss_of_weight, weights[name],
+                                           gradients[2][tap][name].numpy(), rng, directions)
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-10)
+
+
+def test_layers_names_initial_variance_and_weight_decay():
+    regressors = build_vid_regressors([(None, 4, 4, 8)], [(None, 4, 4, 16)], WEIGHT_DECAY)
+    regressor = regressors[0]
+    assert [weight.path for weight in regressor.trainable_weights] == [
+        "vid0/alpha", "vid0/fc0/kernel", "vid0/bn0/gamma", "vid0/bn0/beta", "vid0/fc1/kernel",
+        "vid0/bn1/gamma", "vid0/bn1/beta", "vid0/fc2/kernel", "vid0/bn2/gamma", "vid0/bn2/beta"]
+    assert [tuple(dense.kernel.shape) for dense in regressor.dense_layers] == [
+        (8, 32), (32, 32), (32, 16)]
+    np.testing.assert_allclose(regressor.variance().numpy(), np.log1p(np.exp(5.0)) + 1.0, rtol=1e-6)
+    decayed = [w.numpy() for w in regressor.trainable_weights if not w.path.endswith("alpha")]
+    np.testing.assert_allclose(float(sum(regressor.losses)),
+                               WEIGHT_DECAY / 2 * sum(np.sum(w.astype(np.float64) ** 2) for w in decayed),
+                               rtol=1e-5)
+
+
+@pytest.mark.parametrize("student_shapes, teacher_shapes, message", [
+    ([(4, 8, 8, 16)], [(4, 8, 8, 16), (4, 4, 4, 32)], "1 taps and the teacher 2"),
+    ([(4, 8, 8, 16)], [(4, 4, 4, 16)], "tap 0: .* differ in batch and spatial size"),
+])
+def test_incompatible_taps_are_user_errors(student_shapes, teacher_shapes, message):
+    with pytest.raises(UserError, match=message):
+        build_vid_regressors(student_shapes, teacher_shapes)
+
+
+def test_loss_rejects_taps_the_regressors_were_not_built_for():
+    regressors = build_vid_regressors([(4, 8, 8, 16)], [(4, 8, 8, 16)])
+    with pytest.raises(UserError, match="differ in shape"):
+        vid_loss([tf.zeros((4, 8, 8, 16))], [tf.zeros((4, 8, 8, 32))], regressors)
