@@ -23,6 +23,21 @@ def float64_layers():
         keras.config.set_floatx(previous)
 
 
+def randomise_affine_weights(layers, rng):
+    """Draw every BN gamma (around 1), beta and VID alpha (around 0) of `layers` at
+    random: their initial values 1, 0 and 5 would hide a misuse."""
+    for layer in layers:
+        for weight in layer.trainable_weights:
+            name = weight.path.rsplit("/", 1)[1]
+            if name in ("gamma", "beta", "alpha"):
+                weight.assign(rng.normal(1.0 if name == "gamma" else 0.0, 0.5, weight.shape))
+
+
+def trainable_arrays(layer):
+    """{path below the layer: array} of the layer's trainable weights, e.g. "bn/gamma"."""
+    return {weight.path.split("/", 1)[1]: weight.numpy() for weight in layer.trainable_weights}
+
+
 def batch_norm(x, gamma, beta, epsilon=BN_EPSILON):
     """Training-mode BN over every axis but the last, with the biased variance."""
     axes = tuple(range(x.ndim - 1))

@@ -4,11 +4,16 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_reference import assert_directional_derivatives, batch_norm, conv1x1, float64_layers
+from kd_reference import (assert_directional_derivatives, batch_norm, conv1x1, float64_layers,
+                          randomise_affine_weights, trainable_arrays)
 from sskd_tf.distill.vid import build_vid_regressors, vid_loss
 from sskd_tf.errors import UserError
 
 AUTHORS_TAPS = [(4, 32, 32, 64), (4, 16, 16, 128), (4, 8, 8, 256)]
+SMALL_TAPS = [(4, 8, 8, 32), (4, 4, 4, 64), (4, 2, 2, 128)]
+KERNELS_AND_ALPHA = ("alpha", "fc0/kernel", "fc1/kernel", "fc2/kernel")
+EVERY_WEIGHT = KERNELS_AND_ALPHA + tuple(f"bn{i}/{name}" for i in range(3)
+                                         for name in ("gamma", "beta"))
 WEIGHT_DECAY = 5e-4
 
 
@@ -31,33 +36,10 @@ def reference_tap_loss(student, teacher, kernels, gammas, betas, alpha, relu_mas
     return np.mean(np.log(variance) + (teacher - mean) ** 2 / variance) / 2
 
 
-def regressor_weights(regressor):
-    """{name: array} of the regressor's trainable weights: fc{i}/kernel, bn{i}/gamma, bn{i}/beta, alpha."""
-    return {weight.path.split("/", 1)[1]: weight.numpy() for weight in regressor.trainable_weights}
-
-
 def reference_arguments(weights):
+    """(kernels, gammas, betas, alpha) of a regressor's {name: array}."""
     return ([weights[f"fc{i}/kernel"] for i in range(3)], [weights[f"bn{i}/gamma"] for i in range(3)],
             [weights[f"bn{i}/beta"] for i in range(3)], weights["alpha"])
-
-
-def randomised_regressors(student_shapes, teacher_shapes, rng):
-    """Float64 regressors with gamma, beta and alpha drawn at random (their initial 1, 0
-    and 5 would hide a misuse)."""
-    with float64_layers():
-        regressors = build_vid_regressors(student_shapes, teacher_shapes, WEIGHT_DECAY)
-    for regressor in regressors:
-        for weight in regressor.trainable_weights:
-            name = weight.path.rsplit("/", 1)[1]
-            if name in ("gamma", "beta", "alpha"):
-                weight.assign(rng.normal(1.0 if name == "gamma" else 0.0, 0.5, weight.shape))
-    return regressors
-
-
-SMALL_TAPS = [(4, 8, 8, 32), (4, 4, 4, 64), (4, 2, 2, 128)]
-KERNELS_AND_ALPHA = ("alpha", "fc0/kernel", "fc1/kernel", "fc2/kernel")
-EVERY_WEIGHT = KERNELS_AND_ALPHA + tuple(f"bn{i}/{name}" for i in range(3)
-                                         for name in ("gamma", "beta"))
 
 
 @pytest.mark.parametrize("teacher_shapes, student_widths, checked_weights, directions", [
@@ -73,7 +55,9 @@ def test_loss_and_gradients_match_the_transcription(teacher_shapes, student_widt
     student_shapes = [shape[:3] + (width,) for shape, width in zip(teacher_shapes, student_widths)]
     students = [np.maximum(rng.normal(size=shape), 0.0) for shape in student_shapes]
     teachers = [np.maximum(rng.normal(size=shape), 0.0) for shape in teacher_shapes]
-    regressors = randomised_regressors(student_shapes, teacher_shapes, rng)
+    with float64_layers():
+        regressors = build_vid_regressors(student_shapes, teacher_shapes, WEIGHT_DECAY)
+    randomise_affine_weights(regressors, rng)
     student_tensors = [tf.constant(student) for student in students]
     teacher_tensors = [tf.constant(teacher) for teacher in teachers]
     variables = [{weight.path.split("/", 1)[1]: weight for weight in regressor.trainable_weights}
@@ -86,7 +70,7 @@ def test_loss_and_gradients_match_the_transcription(teacher_shapes, student_widt
 
     expected = 0.0
     for tap, (student, teacher, regressor) in enumerate(zip(students, teachers, regressors)):
-        weights = regressor_weights(regressor)
+        weights = trainable_arrays(regressor)
         kernels, gammas, betas, alpha = reference_arguments(weights)
         expected += reference_tap_loss(student, teacher, kernels, gammas, betas, alpha)
         _, masks = reference_mean(student, kernels, gammas, betas)

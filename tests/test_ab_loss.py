@@ -1,0 +1,91 @@
+"""AB (sskd_tf/distill/ab.py) against a NumPy float64 transcription of KD_methods_with_TF
+`nets/Multiple.py: AB_distillation` at commit 9fb5414, as `nets/ResNet.py` calls it
+(margin 1, weight 3e-3), on the ResNet8/32 taps."""
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kd_reference import (assert_directional_derivatives, batch_norm, conv1x1, float64_layers,
+                          randomise_affine_weights, trainable_arrays)
+from sskd_tf.distill.ab import ab_loss, build_ab_connectors
+from sskd_tf.errors import UserError
+
+AUTHORS_TAPS = [(4, 32, 32, 64), (4, 16, 16, 128), (4, 8, 8, 256)]
+WEIGHT_DECAY = 5e-4
+CONNECTOR_WEIGHTS = ("conv/kernel", "bn/gamma", "bn/beta")
+
+
+def reference_connected(student, weights):
+    return batch_norm(conv1x1(student, weights["conv/kernel"]), weights["bn/gamma"],
+                      weights["bn/beta"])
+
+
+def reference_tap_loss(connected, teacher, margin=1.0):
+    """mean_b sum_hwc [(z + m)^2 1(z > -m, t <= 0) + (z - m)^2 1(z <= m, t > 0)]."""
+    inactive = teacher <= 0
+    hinge = np.where(inactive & (connected > -margin), (connected + margin) ** 2, 0.0)
+    hinge += np.where(~inactive & (connected <= margin), (connected - margin) ** 2, 0.0)
+    return hinge.sum(axis=(1, 2, 3)).mean()
+
+
+def tap_weight(tap):
+    return (1.0, 2.0, 4.0)[tap] * 3e-3
+
+
+@pytest.mark.parametrize("student_widths", [(64, 128, 256), (32, 64, 128)])
+def test_loss_and_gradients_match_the_transcription(student_widths):
+    rng = np.random.default_rng(1)
+    student_shapes = [shape[:3] + (width,) for shape, width in zip(AUTHORS_TAPS, student_widths)]
+    students = [np.maximum(rng.normal(size=shape), 0.0) for shape in student_shapes]
+    teachers = [np.maximum(rng.normal(size=shape), 0.0) for shape in AUTHORS_TAPS]
+    with float64_layers():
+        connectors = build_ab_connectors(student_shapes, AUTHORS_TAPS, WEIGHT_DECAY)
+    randomise_affine_weights(connectors, rng)
+    student_tensors = [tf.constant(student) for student in students]
+    teacher_tensors = [tf.constant(teacher) for teacher in teachers]
+    variables = [{weight.path.split("/", 1)[1]: weight for weight in connector.trainable_weights}
+                 for connector in connectors]
+    with tf.GradientTape() as tape:
+        tape.watch(student_tensors + teacher_tensors)
+        loss = ab_loss(student_tensors, teacher_tensors, connectors)
+    gradients = tape.gradient(loss, [student_tensors, teacher_tensors, variables])
+    assert all(gradient is None for gradient in gradients[1])
+
+    expected = 0.0
+    for tap, (student, teacher, connector) in enumerate(zip(students, teachers, connectors)):
+        weights = trainable_arrays(connector)
+        connected = reference_connected(student, weights)
+        inactive = teacher <= 0
+        assert np.any(inactive & (connected > -1)) and np.any(inactive & (connected <= -1))
+        assert np.any(~inactive & (connected <= 1)) and np.any(~inactive & (connected > 1))
+        expected += tap_weight(tap) * reference_tap_loss(connected, teacher)
+
+        def tap_loss_of_student(x):
+            return tap_weight(tap) * reference_tap_loss(reference_connected(x, weights), teacher)
+
+        assert_directional_derivatives(tap_loss_of_student, student, gradients[0][tap].numpy(), rng)
+        for name in CONNECTOR_WEIGHTS:
+            def tap_loss_of_weight(value, name=name):
+                connected = reference_connected(student, {**weights, name: value})
+                return tap_weight(tap) * reference_tap_loss(connected, teacher)
+
+            assert_directional_derivatives(tap_loss_of_weight, weights[name],
+                                           gradients[2][tap][name].numpy(), rng)
+    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-10)
+
+
+def test_connector_names_and_weight_decay():
+    connector = build_ab_connectors([(None, 4, 4, 8)], [(None, 4, 4, 16)], WEIGHT_DECAY)[0]
+    assert [weight.path for weight in connector.trainable_weights] == [
+        "ab_connector0/conv/kernel", "ab_connector0/bn/gamma", "ab_connector0/bn/beta"]
+    assert tuple(connector.conv.kernel.shape) == (1, 1, 8, 16)
+    squares = sum(np.sum(w.numpy().astype(np.float64) ** 2) for w in connector.trainable_weights)
+    np.testing.assert_allclose(float(sum(connector.losses)), WEIGHT_DECAY / 2 * squares, rtol=1e-5)
+
+
+def test_incompatible_taps_are_user_errors():
+    with pytest.raises(UserError, match="tap 1: .* differ in batch and spatial size"):
+        build_ab_connectors([(4, 8, 8, 16), (4, 8, 8, 32)], [(4, 8, 8, 16), (4, 4, 4, 32)])
+    connectors = build_ab_connectors([(4, 8, 8, 16)], [(4, 8, 8, 16)])
+    with pytest.raises(UserError, match="differ in shape"):
+        ab_loss([tf.zeros((4, 8, 8, 16))], [tf.zeros((4, 8, 8, 32))], connectors)
