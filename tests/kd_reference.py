@@ -38,6 +38,21 @@ def trainable_arrays(layer):
     return {weight.path.split("/", 1)[1]: weight.numpy() for weight in layer.trainable_weights}
 
 
+def assert_he_initialised(kernel, fan):
+    """The spread of a kernel drawn by He's truncated normal on `fan` inputs or outputs:
+    standard deviation sqrt(2 / fan), to 5% (the kernels tested have 16k entries or more)."""
+    kernel = np.asarray(kernel)
+    assert kernel.size >= 16384
+    assert abs(kernel.std() / np.sqrt(2.0 / fan) - 1.0) < 0.05, (kernel.std(), np.sqrt(2.0 / fan))
+
+
+def assert_weight_decay(layer, weight_decay, decayed):
+    """The layer's regularisation losses are the authors' weight_decay * sum(w^2) / 2 over
+    the weights `decayed`, and over no other."""
+    squares = sum(np.sum(np.asarray(weight, np.float64) ** 2) for weight in decayed)
+    np.testing.assert_allclose(float(sum(layer.losses)), weight_decay / 2 * squares, rtol=1e-5)
+
+
 def batch_norm(x, gamma, beta, epsilon=BN_EPSILON):
     """Training-mode BN over every axis but the last, with the biased variance."""
     axes = tuple(range(x.ndim - 1))

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_reference import (assert_directional_derivatives, batch_norm, conv1x1, float64_layers,
+from kd_reference import (assert_directional_derivatives, assert_he_initialised,
+                          assert_weight_decay, batch_norm, conv1x1, float64_layers,
                           randomise_affine_weights, trainable_arrays)
 from sskd_tf.distill.ab import ab_loss, build_ab_connectors
 from sskd_tf.errors import UserError
@@ -74,13 +75,13 @@ def test_loss_and_gradients_match_the_transcription(student_widths):
     np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-10)
 
 
-def test_connector_names_and_weight_decay():
-    connector = build_ab_connectors([(None, 4, 4, 8)], [(None, 4, 4, 16)], WEIGHT_DECAY)[0]
+def test_connector_names_fan_out_initialiser_and_weight_decay():
+    connector = build_ab_connectors([(None, 4, 4, 256)], [(None, 4, 4, 128)], WEIGHT_DECAY)[0]
     assert [weight.path for weight in connector.trainable_weights] == [
         "ab_connector0/conv/kernel", "ab_connector0/bn/gamma", "ab_connector0/bn/beta"]
-    assert tuple(connector.conv.kernel.shape) == (1, 1, 8, 16)
-    squares = sum(np.sum(w.numpy().astype(np.float64) ** 2) for w in connector.trainable_weights)
-    np.testing.assert_allclose(float(sum(connector.losses)), WEIGHT_DECAY / 2 * squares, rtol=1e-5)
+    assert tuple(connector.conv.kernel.shape) == (1, 1, 256, 128)
+    assert_he_initialised(connector.conv.kernel.numpy(), fan=128)
+    assert_weight_decay(connector, WEIGHT_DECAY, connector.trainable_weights)
 
 
 def test_incompatible_taps_are_user_errors():

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_reference import (assert_directional_derivatives, batch_norm, conv1x1, float64_layers,
+from kd_reference import (assert_directional_derivatives, assert_he_initialised,
+                          assert_weight_decay, batch_norm, conv1x1, float64_layers,
                           randomise_affine_weights, trainable_arrays)
 from sskd_tf.distill.vid import build_vid_regressors, vid_loss
 from sskd_tf.errors import UserError
@@ -38,7 +39,8 @@ def reference_tap_loss(student, teacher, kernels, gammas, betas, alpha, relu_mas
 
 def reference_arguments(weights):
     """(kernels, gammas, betas, alpha) of a regressor's {name: array}."""
-    return ([weights[f"fc{i}/kernel"] for i in range(3)], [weights[f"bn{i}/gamma"] for i in range(3)],
+    return ([weights[f"fc{i}/kernel"] for i in range(3)],
+            [weights[f"bn{i}/gamma"] for i in range(3)],
             [weights[f"bn{i}/beta"] for i in range(3)], weights["alpha"])
 
 
@@ -90,19 +92,18 @@ def test_loss_and_gradients_match_the_transcription(teacher_shapes, student_widt
     np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-10)
 
 
-def test_layers_names_initial_variance_and_weight_decay():
-    regressors = build_vid_regressors([(None, 4, 4, 8)], [(None, 4, 4, 16)], WEIGHT_DECAY)
-    regressor = regressors[0]
+def test_layers_names_fan_out_initialiser_initial_variance_and_weight_decay():
+    regressor = build_vid_regressors([(None, 4, 4, 64)], [(None, 4, 4, 128)], WEIGHT_DECAY)[0]
     assert [weight.path for weight in regressor.trainable_weights] == [
         "vid0/alpha", "vid0/fc0/kernel", "vid0/bn0/gamma", "vid0/bn0/beta", "vid0/fc1/kernel",
         "vid0/bn1/gamma", "vid0/bn1/beta", "vid0/fc2/kernel", "vid0/bn2/gamma", "vid0/bn2/beta"]
-    assert [tuple(dense.kernel.shape) for dense in regressor.dense_layers] == [
-        (8, 32), (32, 32), (32, 16)]
+    kernels = [dense.kernel.numpy() for dense in regressor.dense_layers]
+    assert [kernel.shape for kernel in kernels] == [(64, 256), (256, 256), (256, 128)]
+    assert_he_initialised(kernels[0], fan=256)
+    assert_he_initialised(kernels[2], fan=128)
     np.testing.assert_allclose(regressor.variance().numpy(), np.log1p(np.exp(5.0)) + 1.0, rtol=1e-6)
-    decayed = [w.numpy() for w in regressor.trainable_weights if not w.path.endswith("alpha")]
-    np.testing.assert_allclose(float(sum(regressor.losses)),
-                               WEIGHT_DECAY / 2 * sum(np.sum(w.astype(np.float64) ** 2) for w in decayed),
-                               rtol=1e-5)
+    assert_weight_decay(regressor, WEIGHT_DECAY, [
+        weight for weight in regressor.trainable_weights if not weight.path.endswith("alpha")])
 
 
 @pytest.mark.parametrize("student_shapes, teacher_shapes, message", [
