@@ -1,10 +1,12 @@
 """NumPy float64 pieces for the tests of the RKD, VID, AB and CO losses, which transcribe
 the authors' formulas independently of sskd_tf: batch norm on the batch's statistics,
-a 1x1 convolution, and gradients by central finite differences."""
+a 1x1 convolution, gradients by central finite differences; and the TensorFlow side's
+loss and gradients to compare them with."""
 import contextlib
 
 import keras
 import numpy as np
+import tensorflow as tf
 # scikit-learn's dependency: one BLAS thread beside TensorFlow's runs the many small
 # products of the finite differences several times faster on a busy machine.
 from threadpoolctl import threadpool_limits
@@ -31,6 +33,19 @@ def randomise_affine_weights(layers, rng):
             name = weight.path.rsplit("/", 1)[1]
             if name in ("gamma", "beta", "alpha"):
                 weight.assign(rng.normal(1.0 if name == "gamma" else 0.0, 0.5, weight.shape))
+
+
+def random_float64_layers(build, student_shapes, teacher_shapes, weight_decay, rng):
+    """`build(student_shapes, teacher_shapes, weight_decay)`'s per-tap layers in float64,
+    their affine weights drawn at random."""
+    with float64_layers():
+        layers = build(student_shapes, teacher_shapes, weight_decay)
+    randomise_affine_weights(layers, rng)
+    return layers
+
+
+def post_relu_maps(shapes, rng):
+    return [np.maximum(rng.normal(size=shape), 0.0) for shape in shapes]
 
 
 def trainable_arrays(layer):
@@ -92,3 +107,32 @@ def assert_directional_derivatives(function, x, gradient, rng, directions=2, ste
             numeric = (function(x + step * direction) - function(x - step * direction)) / (2 * step)
         analytic = np.sum(gradient * direction)
         assert abs(numeric - analytic) <= 1e-5 * abs(analytic) + 1e-7 * scale, (numeric, analytic)
+
+
+def loss_and_gradients(loss_of, students, teachers, layers):
+    """(loss, [gradient of each student map], [{weight name: gradient} of each layer]) of
+    `loss_of(student tensors, teacher tensors)` on float64 arrays; the teacher maps are
+    checked to get no gradient."""
+    student_tensors = [tf.constant(student) for student in students]
+    teacher_tensors = [tf.constant(teacher) for teacher in teachers]
+    variables = [{weight.path.split("/", 1)[1]: weight for weight in layer.trainable_weights}
+                 for layer in layers]
+    with tf.GradientTape() as tape:
+        tape.watch(student_tensors + teacher_tensors)
+        loss = loss_of(student_tensors, teacher_tensors)
+    of_students, of_teachers, of_weights = tape.gradient(
+        loss, [student_tensors, teacher_tensors, variables])
+    assert all(gradient is None for gradient in of_teachers)
+    return (loss.numpy(), [gradient.numpy() for gradient in of_students],
+            [{name: gradient.numpy() for name, gradient in layer.items()} for layer in of_weights])
+
+
+def assert_tap_gradients(tap_loss, student, weights, student_gradient, weight_gradients, rng,
+                         names, directions=2):
+    """Directional derivatives of `tap_loss(student map, {weight name: array})` with respect
+    to the student map and to each weight in `names`, against the given gradients."""
+    assert_directional_derivatives(lambda x: tap_loss(x, weights), student, student_gradient,
+                                   rng, directions)
+    for name in names:
+        assert_directional_derivatives(lambda value: tap_loss(student, {**weights, name: value}),
+                                       weights[name], weight_gradients[name], rng, directions)

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_reference import (assert_directional_derivatives, assert_he_initialised,
-                          assert_weight_decay, batch_norm, conv1x1, float64_layers,
-                          randomise_affine_weights, trainable_arrays)
+from kd_reference import (assert_he_initialised, assert_tap_gradients, assert_weight_decay,
+                          batch_norm, conv1x1, loss_and_gradients, post_relu_maps,
+                          random_float64_layers, trainable_arrays)
 from sskd_tf.distill.ab import ab_loss, build_ab_connectors
 from sskd_tf.errors import UserError
 
@@ -37,20 +37,11 @@ def tap_weight(tap):
 def test_loss_and_gradients_match_the_transcription(student_widths):
     rng = np.random.default_rng(1)
     student_shapes = [shape[:3] + (width,) for shape, width in zip(AUTHORS_TAPS, student_widths)]
-    students = [np.maximum(rng.normal(size=shape), 0.0) for shape in student_shapes]
-    teachers = [np.maximum(rng.normal(size=shape), 0.0) for shape in AUTHORS_TAPS]
-    with float64_layers():
-        connectors = build_ab_connectors(student_shapes, AUTHORS_TAPS, WEIGHT_DECAY)
-    randomise_affine_weights(connectors, rng)
-    student_tensors = [tf.constant(student) for student in students]
-    teacher_tensors = [tf.constant(teacher) for teacher in teachers]
-    variables = [{weight.path.split("/", 1)[1]: weight for weight in connector.trainable_weights}
-                 for connector in connectors]
-    with tf.GradientTape() as tape:
-        tape.watch(student_tensors + teacher_tensors)
-        loss = ab_loss(student_tensors, teacher_tensors, connectors)
-    gradients = tape.gradient(loss, [student_tensors, teacher_tensors, variables])
-    assert all(gradient is None for gradient in gradients[1])
+    students, teachers = post_relu_maps(student_shapes, rng), post_relu_maps(AUTHORS_TAPS, rng)
+    connectors = random_float64_layers(build_ab_connectors, student_shapes, AUTHORS_TAPS,
+                                       WEIGHT_DECAY, rng)
+    loss, student_gradients, weight_gradients = loss_and_gradients(
+        lambda s, t: ab_loss(s, t, connectors), students, teachers, connectors)
 
     expected = 0.0
     for tap, (student, teacher, connector) in enumerate(zip(students, teachers, connectors)):
@@ -61,18 +52,12 @@ def test_loss_and_gradients_match_the_transcription(student_widths):
         assert np.any(~inactive & (connected <= 1)) and np.any(~inactive & (connected > 1))
         expected += tap_weight(tap) * reference_tap_loss(connected, teacher)
 
-        def tap_loss_of_student(x):
+        def tap_loss(x, weights, tap=tap, teacher=teacher):
             return tap_weight(tap) * reference_tap_loss(reference_connected(x, weights), teacher)
 
-        assert_directional_derivatives(tap_loss_of_student, student, gradients[0][tap].numpy(), rng)
-        for name in CONNECTOR_WEIGHTS:
-            def tap_loss_of_weight(value, name=name):
-                connected = reference_connected(student, {**weights, name: value})
-                return tap_weight(tap) * reference_tap_loss(connected, teacher)
-
-            assert_directional_derivatives(tap_loss_of_weight, weights[name],
-                                           gradients[2][tap][name].numpy(), rng)
-    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-10)
+        assert_tap_gradients(tap_loss, student, weights, student_gradients[tap],
+                             weight_gradients[tap], rng, CONNECTOR_WEIGHTS)
+    np.testing.assert_allclose(loss, expected, rtol=1e-10)
 
 
 def test_connector_names_fan_out_initialiser_and_weight_decay():

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from kd_reference import (assert_directional_derivatives, assert_he_initialised,
-                          assert_weight_decay, batch_norm, conv1x1, float64_layers,
-                          randomise_affine_weights, trainable_arrays)
+from kd_reference import (assert_he_initialised, assert_tap_gradients, assert_weight_decay,
+                          batch_norm, conv1x1, loss_and_gradients, post_relu_maps,
+                          random_float64_layers, trainable_arrays)
 from sskd_tf.distill.vid import build_vid_regressors, vid_loss
 from sskd_tf.errors import UserError
 
@@ -55,41 +55,24 @@ def test_loss_and_gradients_match_the_transcription(teacher_shapes, student_widt
     wide, those of every weight."""
     rng = np.random.default_rng(0)
     student_shapes = [shape[:3] + (width,) for shape, width in zip(teacher_shapes, student_widths)]
-    students = [np.maximum(rng.normal(size=shape), 0.0) for shape in student_shapes]
-    teachers = [np.maximum(rng.normal(size=shape), 0.0) for shape in teacher_shapes]
-    with float64_layers():
-        regressors = build_vid_regressors(student_shapes, teacher_shapes, WEIGHT_DECAY)
-    randomise_affine_weights(regressors, rng)
-    student_tensors = [tf.constant(student) for student in students]
-    teacher_tensors = [tf.constant(teacher) for teacher in teachers]
-    variables = [{weight.path.split("/", 1)[1]: weight for weight in regressor.trainable_weights}
-                 for regressor in regressors]
-    with tf.GradientTape() as tape:
-        tape.watch(student_tensors + teacher_tensors)
-        loss = vid_loss(student_tensors, teacher_tensors, regressors)
-    gradients = tape.gradient(loss, [student_tensors, teacher_tensors, variables])
-    assert all(gradient is None for gradient in gradients[1])
+    students, teachers = post_relu_maps(student_shapes, rng), post_relu_maps(teacher_shapes, rng)
+    regressors = random_float64_layers(build_vid_regressors, student_shapes, teacher_shapes,
+                                       WEIGHT_DECAY, rng)
+    loss, student_gradients, weight_gradients = loss_and_gradients(
+        lambda s, t: vid_loss(s, t, regressors), students, teachers, regressors)
 
     expected = 0.0
     for tap, (student, teacher, regressor) in enumerate(zip(students, teachers, regressors)):
         weights = trainable_arrays(regressor)
-        kernels, gammas, betas, alpha = reference_arguments(weights)
-        expected += reference_tap_loss(student, teacher, kernels, gammas, betas, alpha)
-        _, masks = reference_mean(student, kernels, gammas, betas)
+        expected += reference_tap_loss(student, teacher, *reference_arguments(weights))
+        _, masks = reference_mean(student, *reference_arguments(weights)[:3])
 
-        def tap_loss_of_student(x):
-            return reference_tap_loss(x, teacher, kernels, gammas, betas, alpha, masks)
+        def tap_loss(x, weights, teacher=teacher, masks=masks):
+            return reference_tap_loss(x, teacher, *reference_arguments(weights), masks)
 
-        assert_directional_derivatives(tap_loss_of_student, student, gradients[0][tap].numpy(),
-                                       rng, directions)
-        for name in checked_weights:
-            def tap_loss_of_weight(value, name=name):
-                arguments = reference_arguments({**weights, name: value})
-                return reference_tap_loss(student, teacher, *arguments, masks)
-
-            assert_directional_derivatives(tap_loss_of_weight, weights[name],
-                                           gradients[2][tap][name].numpy(), rng, directions)
-    np.testing.assert_allclose(loss.numpy(), expected, rtol=1e-10)
+        assert_tap_gradients(tap_loss, student, weights, student_gradients[tap],
+                             weight_gradients[tap], rng, checked_weights, directions)
+    np.testing.assert_allclose(loss, expected, rtol=1e-10)
 
 
 def test_layers_names_fan_out_initialiser_initial_variance_and_weight_decay():
