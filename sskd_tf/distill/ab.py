@@ -1,7 +1,7 @@
 """AB: distillation of activation boundaries.
 
 Heo, Lee, Yun, Choi, "Knowledge Transfer via Distillation of Activation Boundaries
-Formed by Hidden Neurons", AAAI 2019 (arXiv 1811.03233), section 3: the student,
+Formed by Hidden Neurons", AAAI 2019 (arXiv 1811.03233): the student,
 through a connector r, learns on which side of the activation boundary each of the
 teacher's neurons is, by a squared hinge with margin mu in place of the
 non-differentiable activation-transfer loss:

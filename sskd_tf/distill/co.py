@@ -1,7 +1,7 @@
 """CO: the comprehensive overhaul of feature distillation.
 
 Heo, Kim, Yun, Park, Kwak, Choi, "A Comprehensive Overhaul of Feature Distillation",
-ICCV 2019 (arXiv 1904.01866), section 3: the student, through a 1x1 conv + BN
+ICCV 2019 (arXiv 1904.01866): the student, through a 1x1 conv + BN
 connector, matches the teacher's pre-ReLU features, the teacher's negative
 responses replaced by a per-channel margin m = E[t | t < 0] (t ~ N(beta, gamma^2)
 from the BN before the ReLU), with a partial L2 distance that ignores a student

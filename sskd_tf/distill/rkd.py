@@ -1,7 +1,7 @@
 """RKD: relational knowledge distillation.
 
 Park, Kim, Lu, Cho, "Relational Knowledge Distillation", CVPR 2019 (arXiv 1904.05068),
-section 3.2: the student matches the teacher's relations between the samples of a
+its distance-wise and angle-wise distillation losses: the student matches the teacher's relations between the samples of a
 batch, through a distance-wise potential psi_D(t_i, t_j) = ||t_i - t_j|| / mu (mu the
 mean distance) and an angle-wise potential psi_A(t_i, t_j, t_k) = <e_ij, e_kj>
 (e unit difference vectors), each compared by a Huber loss;
@@ -17,13 +17,15 @@ ResNet8/32), each row L2-normalised; lambda_D = 25, lambda_A = 50. Kept quirks:
   distance positive, the diagonal's included (1e-6), so the count is always B^2:
   mu is the mean over all B^2 entries, (B - 1) / B of the paper's mean over pairs
   i != j (the original PyTorch code zeroes the diagonal and averages the positive
-  ones). The count follows the code, without a gradient. In float32 the expanded
-  form leaves a rounding residue of ~1e-7 above the floor on some diagonal entries
-  (a distance ~3e-4 instead of 1e-6), as in the authors' float32 runs;
+  ones; a better option would follow it). The count follows the code, without a
+  gradient. In float32 the expanded form leaves a rounding residue of ~1e-7 above
+  the floor on some diagonal entries (a distance ~3e-4 instead of 1e-6), as in the
+  authors' float32 runs (distances computed from the differences would not);
 - e_ij = normalise(x_j - x_i) with TF's l2_normalize (a zero vector stays zero) and
   A_ijk = e_ij . e_ik, over all B^3 triples: the degenerate ones (j = i or k = i,
   where both networks give 0) count in the Huber mean, as the B entries of the
-  distance diagonal do;
+  distance diagonal do (as in the original code; leaving them out would only
+  rescale the loss);
 - the Huber loss (delta 1) is the mean over all entries of the potentials.
 
 The authors' graph needs no stop-gradient (their teacher is not trainable); here

@@ -1,7 +1,7 @@
 """VID: variational information distillation.
 
 Ahn, Hu, Damianou, Lawrence, Dai, "Variational Information Distillation for Knowledge
-Transfer", CVPR 2019 (arXiv 1904.05835), section 3: the student maximises a
+Transfer", CVPR 2019 (arXiv 1904.05835): the student maximises a
 variational lower bound of the mutual information with the teacher, i.e. minimises
 -log q(t | s) for a Gaussian q with a mean mu(s) regressed from the student's map
 and a per-channel variance softplus(alpha) + epsilon.
@@ -13,14 +13,16 @@ scale, momentum 0.9, epsilon 1e-5, on the batch's statistics at every call: the
 authors' BN sits outside the scope that passes the network's `is_training`, so it
 takes slim's default, training). Kept quirks:
 
-- the variance is softplus(alpha) + 1, alpha initialised to 5 (variance 6.007):
-  the paper's epsilon is 1, not a small constant;
+- the variance is softplus(alpha) + 1, alpha initialised to 5 (variance 6.007): the
+  authors' epsilon is 1 where the paper's is a small constant, so no channel can be
+  predicted with a variance below 1 (a better option: a small epsilon);
 - the loss per tap is mean_bhwc(log var + (t - mu)^2 / var) / 2: a mean over batch,
   positions and channels, where the paper sums over channels and positions;
 - the function's weight argument (`l=1e-1`) is never applied: the taps' losses are
   summed unweighted;
-- the last fc is followed by a BN too, so mu is a batch-normalised map (a better
-  option could end the regressor with the fc, as the paper's plain 1x1 convolutions).
+- every fc is followed by a BN, the last one too, so mu is a batch-normalised map (a
+  better option could be RepDistiller's `VIDLoss` regressor, three 1x1 convolutions
+  with ReLUs between, no BN, its middle width the teacher's).
 
 `nets/ResNet.py` never calls VID (the authors' table has no VID row); the port
 calls it as the other multi-map losses, on the three stages' post-ReLU maps.
