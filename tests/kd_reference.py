@@ -16,13 +16,15 @@ BN_EPSILON = 1e-5
 
 @contextlib.contextmanager
 def float64_layers():
-    """Layers built inside compute and keep their weights in float64."""
-    previous = keras.config.floatx()
-    keras.config.set_floatx("float64")
+    """Layers built inside compute and keep their weights in float64. (The global dtype
+    policy, not floatx: the policy is cached from floatx on its first use and would keep
+    float64 for every later layer.)"""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float64")
     try:
         yield
     finally:
-        keras.config.set_floatx(previous)
+        keras.config.set_dtype_policy(previous)
 
 
 def randomise_affine_weights(layers, rng):

@@ -124,3 +124,18 @@ def test_post_relu_taps_and_mismatched_margins_are_user_errors():
     with pytest.raises(UserError, match=r"margins of widths \[16\] for teacher taps of widths"):
         overhaul_loss([tf.zeros((4, 8, 8, 16))], [tf.zeros((4, 8, 8, 32))], connectors,
                       [tf.zeros(16)])
+
+
+def test_graph_mode_with_an_unknown_batch_divides_by_the_batch_fed():
+    rng = np.random.default_rng(5)
+    connectors = build_co_connectors([(None, 4, 4, 8)], [(None, 4, 4, 16)])
+    margins = [overhaul_margin(np.ones(16, np.float32), np.zeros(16, np.float32))]
+    traced = tf.function(lambda s, t: overhaul_loss(s, t, connectors, margins),
+                         input_signature=[[tf.TensorSpec([None, 4, 4, 8])],
+                                          [tf.TensorSpec([None, 4, 4, 16])]])
+    for batch in (2, 6):
+        student = rng.normal(size=(batch, 4, 4, 8)).astype(np.float32)
+        teacher = rng.normal(size=(batch, 4, 4, 16)).astype(np.float32)
+        np.testing.assert_allclose(traced([student], [teacher]).numpy(),
+                                   overhaul_loss([student], [teacher], connectors, margins).numpy(),
+                                   rtol=1e-5)

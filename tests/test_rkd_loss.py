@@ -110,3 +110,11 @@ def test_zero_difference_vectors_stay_zero_and_keep_gradients_finite():
 def test_mismatched_embeddings_are_user_errors(student_shape, teacher_shape, message):
     with pytest.raises(UserError, match=message):
         rkd_loss(tf.zeros(student_shape), tf.zeros(teacher_shape))
+
+
+def test_graph_mode_with_an_unknown_batch_equals_eager():
+    student, teacher = embeddings()
+    traced = tf.function(rkd_loss, input_signature=[tf.TensorSpec([None, 16], tf.float64),
+                                                    tf.TensorSpec([None, 24], tf.float64)])
+    np.testing.assert_allclose(traced(student, teacher).numpy(), reference_rkd(student, teacher),
+                               rtol=1e-12)
