@@ -25,7 +25,9 @@ takes slim's default, training). Kept quirks:
   with ReLUs between, no BN, its middle width the teacher's).
 
 `nets/ResNet.py` never calls VID (the authors' table has no VID row); the port
-calls it as the other multi-map losses, on the three stages' post-ReLU maps.
+calls it as the other multi-map losses, on the three stages' post-ReLU maps. (The
+authors' function also takes [B, C] taps, with mu = s unregressed; here every tap
+must be a [B, H, W, C] map.)
 
 Schedule (`op_util.py: Optimizer_w_Distillation`, "VID" among the plain multi-task
 methods; `train_w_distill.py` gives it no initialisation stage): every step descends
