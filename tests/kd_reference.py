@@ -46,8 +46,13 @@ def random_float64_layers(build, student_shapes, teacher_shapes, weight_decay, r
     return layers
 
 
-def post_relu_maps(shapes, rng):
-    return [np.maximum(rng.normal(size=shape), 0.0) for shape in shapes]
+def post_relu_taps(teacher_shapes, student_widths, rng):
+    """(student shapes, student maps, teacher maps): random post-ReLU maps of the teacher's
+    shapes and of the same sizes at the student's widths."""
+    student_shapes = [shape[:3] + (width,) for shape, width in zip(teacher_shapes, student_widths)]
+    students, teachers = ([np.maximum(rng.normal(size=shape), 0.0) for shape in shapes]
+                          for shapes in (student_shapes, teacher_shapes))
+    return student_shapes, students, teachers
 
 
 def trainable_arrays(layer):

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from kd_reference import (assert_he_initialised, assert_tap_gradients, assert_weight_decay,
-                          batch_norm, conv1x1, loss_and_gradients, post_relu_maps,
+                          batch_norm, conv1x1, loss_and_gradients, post_relu_taps,
                           random_float64_layers, trainable_arrays)
 from sskd_tf.distill.ab import ab_loss, build_ab_connectors
 from sskd_tf.errors import UserError
@@ -36,8 +36,7 @@ def tap_weight(tap):
 @pytest.mark.parametrize("student_widths", [(64, 128, 256), (32, 64, 128)])
 def test_loss_and_gradients_match_the_transcription(student_widths):
     rng = np.random.default_rng(1)
-    student_shapes = [shape[:3] + (width,) for shape, width in zip(AUTHORS_TAPS, student_widths)]
-    students, teachers = post_relu_maps(student_shapes, rng), post_relu_maps(AUTHORS_TAPS, rng)
+    student_shapes, students, teachers = post_relu_taps(AUTHORS_TAPS, student_widths, rng)
     connectors = random_float64_layers(build_ab_connectors, student_shapes, AUTHORS_TAPS,
                                        WEIGHT_DECAY, rng)
     loss, student_gradients, weight_gradients = loss_and_gradients(

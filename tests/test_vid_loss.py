@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 
 from kd_reference import (assert_he_initialised, assert_tap_gradients, assert_weight_decay,
-                          batch_norm, conv1x1, loss_and_gradients, post_relu_maps,
+                          batch_norm, conv1x1, loss_and_gradients, post_relu_taps,
                           random_float64_layers, trainable_arrays)
 from sskd_tf.distill.vid import build_vid_regressors, vid_loss
 from sskd_tf.errors import UserError
@@ -54,8 +54,7 @@ def test_loss_and_gradients_match_the_transcription(teacher_shapes, student_widt
     student's maps, the kernels and alpha; on smaller taps, with a student half as
     wide, those of every weight."""
     rng = np.random.default_rng(0)
-    student_shapes = [shape[:3] + (width,) for shape, width in zip(teacher_shapes, student_widths)]
-    students, teachers = post_relu_maps(student_shapes, rng), post_relu_maps(teacher_shapes, rng)
+    student_shapes, students, teachers = post_relu_taps(teacher_shapes, student_widths, rng)
     regressors = random_float64_layers(build_vid_regressors, student_shapes, teacher_shapes,
                                        WEIGHT_DECAY, rng)
     loss, student_gradients, weight_gradients = loss_and_gradients(
