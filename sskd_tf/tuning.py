@@ -120,8 +120,8 @@ class DistillerHyperModel(kt.HyperModel):
         self.data = data
         self.cut = epoch_cut(config, data.info)
 
-    def _stream(self, start_step):
-        return self.data.training(start_step, self.cut.full_batches)
+    def _stream(self, start_step, inputs=()):
+        return self.data.training(start_step, self.cut.full_batches, inputs)
 
     def build(self, hp):
         keras.utils.set_random_seed(self.config.seed)
@@ -149,7 +149,9 @@ class DistillerHyperModel(kt.HyperModel):
         initial_epoch = initial_epoch + offset if initial_epoch else 0
         model.optimizer.iterations.assign(self.cut.first_step(initial_epoch))
         callbacks = list(callbacks) + [NonFiniteGuard(self.config.max_consecutive_skips)]
-        return fit_epochs(model, self._stream, self.cut, self.config.epochs + offset, callbacks,
+        inputs = model.method.batch_inputs()
+        return fit_epochs(model, lambda step: self._stream(step, inputs), self.cut,
+                          self.config.epochs + offset, callbacks,
                           validation_data=self.data.validation, verbose=verbose,
                           stop_epoch=epochs + offset)
 

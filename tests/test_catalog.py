@@ -121,7 +121,7 @@ import tensorflow as tf
 
 from sskd_tf.distill.base import METHODS, DistillationMethod
 from sskd_tf.distill.options import MethodOptions, option
-from sskd_tf.distill.stages import Stage
+from sskd_tf.distill.stages import Stage, Update
 
 
 @dataclasses.dataclass(frozen=True)
@@ -143,7 +143,8 @@ class Dummy(DistillationMethod):
     def stages(self):
         if not self.options.init_epochs:
             return super().stages()
-        return (Stage("warm_up", epochs=self.options.init_epochs, task=False), Stage())
+        return (Stage("warm_up", epochs=self.options.init_epochs,
+                      updates=(Update(task=False),)), Stage())
 
     def call(self, student_out, teacher_out, labels, training=False):
         gap = student_out["logits"] - tf.stop_gradient(teacher_out["logits"])

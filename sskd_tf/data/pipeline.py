@@ -62,12 +62,14 @@ class RunData:
     digest: str
     augment_pixels: bool = False
 
-    def training(self, start_step=0, full_batches=False):
+    def training(self, start_step=0, full_batches=False, inputs=()):
         """The endless training stream from global step `start_step` on: full batches across
-        passes (`full_batch_stream`) or one pass an epoch (`pass_stream`)."""
+        passes (`full_batch_stream`) or one pass an epoch (`pass_stream`). inputs: what a
+        method reads beside the images (`BATCH_INPUTS`); with any, a batch's images come as
+        {"images": ..., <input>: ...}."""
         stream = full_batch_stream if full_batches else pass_stream
         return stream(self.train_images, self.train_labels, self.batch_size, self.augment,
-                      self.seed, self.mean, self.std, start_step, self.augment_pixels)
+                      self.seed, self.mean, self.std, start_step, self.augment_pixels, inputs)
 
 
 def load_run_data(name, data_dir=None, batch_size=128, eval_batch_size=200,
@@ -188,22 +190,40 @@ def _pass_order(shuffle_key, count, pass_index):
     return tf.random.experimental.stateless_shuffle(tf.range(count, dtype=tf.int64), pass_key)
 
 
-def _batch_maker(images, labels, augment, mean, std, augment_pixels):
+# What a batch can carry beside its images: each example's index in the training set, and
+# the batch augmented a second time (seed fold_in(batch seed, 1)).
+BATCH_INPUTS = ("sample_indices", "second_view")
+
+
+def _batch_maker(images, labels, augment, mean, std, augment_pixels, inputs=()):
+    unknown = set(inputs) - set(BATCH_INPUTS)
+    if unknown:
+        raise ValueError(f"unknown batch inputs {sorted(unknown)}; choose from {BATCH_INPUTS}")
     images, labels = tf.constant(images), tf.constant(labels)
+
+    def augmented(batch_images, batch_seed):
+        if augment_pixels:
+            return normalize(augment(batch_images, batch_seed), mean, std)
+        return augment(normalize(batch_images, mean, std), batch_seed)
 
     def make_batch(indices, batch_seed):
         batch_images = tf.gather(images, indices)
-        if augment_pixels:
-            batch_images = normalize(augment(batch_images, batch_seed), mean, std)
-        else:
-            batch_images = augment(normalize(batch_images, mean, std), batch_seed)
-        return batch_images, tf.gather(labels, indices)
+        first = augmented(batch_images, batch_seed)
+        if not inputs:
+            return first, tf.gather(labels, indices)
+        extras = {"images": first}
+        if "sample_indices" in inputs:
+            extras["sample_indices"] = indices
+        if "second_view" in inputs:
+            extras["second_view"] = augmented(
+                batch_images, tf.random.experimental.stateless_fold_in(batch_seed, 1))
+        return extras, tf.gather(labels, indices)
 
     return make_batch
 
 
 def full_batch_stream(images, labels, batch_size, augment, seed, mean=CIFAR_MEAN, std=CIFAR_STD,
-                      start_step=0, augment_pixels=False):
+                      start_step=0, augment_pixels=False, inputs=()):
     """Endless full batches of uint8 `images` normalised by (mean, std) and augmented (after
     normalising, or before with augment_pixels), from global step `start_step` on.
 
@@ -212,10 +232,11 @@ def full_batch_stream(images, labels, batch_size, augment, seed, mean=CIFAR_MEAN
     boundaries: batch i holds the examples at positions [i B, (i + 1) B) of that flow, and
     is augmented with the seed (augmentation key, i). The keys are split from `seed`. The
     batches before `start_step` are skipped as positions, before any image is gathered.
+    inputs: see `RunData.training`.
     """
     count = len(labels)
     shuffle_key, augment_key = _stream_keys(seed)
-    make_batch = _batch_maker(images, labels, augment, mean, std, augment_pixels)
+    make_batch = _batch_maker(images, labels, augment, mean, std, augment_pixels, inputs)
     first_position = start_step * batch_size
 
     def batch(step, indices):
@@ -232,7 +253,7 @@ def full_batch_stream(images, labels, batch_size, augment, seed, mean=CIFAR_MEAN
 
 
 def pass_stream(images, labels, batch_size, augment, seed, mean=CIFAR_MEAN, std=CIFAR_STD,
-                start_step=0, augment_pixels=False):
+                start_step=0, augment_pixels=False, inputs=()):
     """Endless batches of uint8 `images` normalised by (mean, std), one pass after another,
     from global step `start_step` on (pass start_step // S, batch start_step % S of it, with
     S = ceil(N / B) batches a pass).
@@ -242,11 +263,11 @@ def pass_stream(images, labels, batch_size, augment, seed, mean=CIFAR_MEAN, std=
     normalised, then `augment(batch, batch_seed)` (the other way round with augment_pixels)
     with batch_seed = fold_in((augment key, p), step). The two keys are split from `seed`.
     The skipped batches are dropped as index ranges, before any image is gathered or
-    augmented.
+    augmented. inputs: see `RunData.training`.
     """
     count = len(labels)
     shuffle_key, augment_key = _stream_keys(seed)
-    make_batch = _batch_maker(images, labels, augment, mean, std, augment_pixels)
+    make_batch = _batch_maker(images, labels, augment, mean, std, augment_pixels, inputs)
     start_pass, skip_steps = divmod(start_step, -(-count // batch_size))
 
     def batch_indices(pass_index):

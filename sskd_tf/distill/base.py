@@ -8,7 +8,7 @@ the returned terms to the distillation loss.
 import keras
 
 from sskd_tf.distill.options import MethodOptions
-from sskd_tf.distill.stages import Stage, StagePlan
+from sskd_tf.distill.stages import Stage, StagePlan, Update
 from sskd_tf.registry import Registry
 
 METHODS = Registry("distillation method")
@@ -38,6 +38,9 @@ class DistillationMethod(keras.layers.Layer):
       it says otherwise.
     - `has_exits`: it adds classifiers of its own to the student (`exit_logits`), which
       compare evaluates.
+    - `step_inputs`: what its functions read beside the outputs, from
+      `distill.stages.STEP_INPUTS` (the epoch within its stage, the examples' indices);
+      each is passed as a keyword argument of that name.
 
     `call(student_out, teacher_out, labels, training)` receives the model output
     dicts `{"logits": ..., "features": [...]}` (`teacher_out` is None when
@@ -54,6 +57,7 @@ class DistillationMethod(keras.layers.Layer):
     reduction = "mean"
     recipe = None
     has_exits = False
+    step_inputs = ()
 
     def __init__(self, name=None, **options):
         super().__init__(name=name)
@@ -74,11 +78,19 @@ class DistillationMethod(keras.layers.Layer):
     def stages(self):
         """The ordered stages of this method's training: by default one, the main stage,
         on the task and the distillation loss by the method's gradient rule."""
-        return (Stage(rule=self.gradient_rule),)
+        return (Stage(updates=(Update(rule=self.gradient_rule),)),)
 
     def stage_plan(self):
         """This method's stages as a StagePlan."""
         return StagePlan(tuple(self.stages()))
+
+    def batch_inputs(self):
+        """What this method's training batches carry beside the images: its `step_inputs`
+        the data gives, and the second view when an update reads it."""
+        inputs = [name for name in self.step_inputs if name != "stage_epoch"]
+        if self.stage_plan().reads_view(1) and "second_view" not in inputs:
+            inputs.append("second_view")
+        return tuple(inputs)
 
     def prepare(self, teacher, train_ds):
         """Hook run once before training, after the teacher is ready (e.g. to

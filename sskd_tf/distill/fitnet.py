@@ -28,7 +28,7 @@ import tensorflow as tf
 
 from sskd_tf.distill.base import METHODS, DistillationMethod
 from sskd_tf.distill.options import MethodOptions, option
-from sskd_tf.distill.stages import Stage
+from sskd_tf.distill.stages import Stage, Update
 from sskd_tf.errors import UserError
 
 AUTHORS_INIT_EPOCHS = 40
@@ -92,8 +92,8 @@ def initialisation_stages(init_epochs):
     run's epochs on the task alone, with one optimizer whose momentum carries over (the
     authors' `train_w_distill.py` means to reset it at the switch, but its variable-name
     test never matches). The learning rate decays inside the second stage only."""
-    return (Stage("init", epochs=init_epochs, task=False),
-            Stage(distillation=None))
+    return (Stage("init", epochs=init_epochs, updates=(Update(task=False),)),
+            Stage(updates=(Update(distillation=None),)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -20,43 +20,76 @@ PARTS = ("student", "method", "teacher")
 MAIN = "main"
 
 
-@dataclasses.dataclass(frozen=True)
-class Stage:
-    """One stage of a run.
+VIEWS = 2
+# What a method may read at each step beside the networks' outputs (`step_inputs`): the
+# epoch within its stage, each example's index in the training set, the batch augmented a
+# second time (for an update on a view of its own).
+STEP_INPUTS = ("stage_epoch", "sample_indices", "second_view")
 
-    name: "main" for the stage that lasts the run's `--epochs`; any other name for a stage
-    of `epochs` epochs of its own. trains: the parts whose trainable variables the stage
-    updates (each only where the stage's loss reaches it, as TF1's optimizers skip a
-    variable without a gradient). task: the student's task loss is part of the loss
-    (its weight decay too); False: weight decay only on the variables the distillation
-    loss reaches (`Optimizer_w_Initializer`). distillation: the method's function giving
-    the stage's distillation terms, "call" (the method's loss), the name of another of
-    its methods, or None (no distillation term). rule: how the distillation gradient
-    joins the task gradient ("sum" or "clip"; a stage without the task sums).
-    reads_student: the stage runs the student's forward pass (training mode).
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """One update of the variables in a step.
+
+    trains: the parts whose trainable variables it updates (each only where its loss
+    reaches it, as TF1's optimizers skip a variable without a gradient); the batch-norm
+    statistics of a network change only in updates that train it (TF1 runs only the
+    update ops of the trained network). task: the student's task loss is part of the loss
+    (its weight decay too); False: weight decay only on the variables the distillation loss
+    reaches (`Optimizer_w_Initializer`). distillation: the method's function giving the
+    distillation terms, "call" (the method's loss), the name of another of its methods, or
+    None (no distillation term). rule: how the distillation gradient joins the task
+    gradient ("sum" or "clip"; an update without the task sums). reads_student: the update
+    runs the student's forward pass (training mode). view: 0, the batch; 1, the batch
+    augmented a second time (`second_view`). counts_step: the update advances the
+    optimizer's step count (the first of a step does; TF1's later train ops of a step did
+    not, DML's peer's among them).
     """
 
-    name: str = MAIN
-    epochs: int = None
     trains: tuple = ("student", "method")
     task: bool = True
     distillation: str = "call"
     rule: str = "sum"
     reads_student: bool = True
+    view: int = 0
+    counts_step: bool = True
+
+    def __post_init__(self):
+        unknown = set(self.trains) - set(PARTS)
+        if unknown or not self.trains:
+            raise ValueError(f"an update trains {self.trains}; parts: {PARTS}")
+        if self.rule not in GRADIENT_RULES:
+            raise ValueError(f"update rule {self.rule!r}; one of {GRADIENT_RULES}")
+        if not self.task and self.distillation is None:
+            raise ValueError("an update without the task needs a distillation loss")
+        if self.task and not self.reads_student:
+            raise ValueError("the task loss needs the student's forward pass")
+        if self.view not in range(VIEWS):
+            raise ValueError(f"view {self.view}: 0 or 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+    """One stage of a run: "main" for the stage that lasts the run's `--epochs`, any other
+    name for a stage of `epochs` epochs of its own; each step of it runs `updates` in order
+    (one, by default: the task and the method's loss, summed)."""
+
+    name: str = MAIN
+    epochs: int = None
+    updates: tuple = (Update(),)
 
     def __post_init__(self):
         if (self.name == MAIN) != (self.epochs is None):
             raise ValueError("the main stage lasts the run's epochs; every other stage "
                              f"needs its own (stage {self.name!r}, epochs {self.epochs})")
-        unknown = set(self.trains) - set(PARTS)
-        if unknown or not self.trains:
-            raise ValueError(f"stage {self.name!r} trains {self.trains}; parts: {PARTS}")
-        if self.rule not in GRADIENT_RULES:
-            raise ValueError(f"stage {self.name!r}: rule {self.rule!r}; one of {GRADIENT_RULES}")
-        if not self.task and self.distillation is None:
-            raise ValueError(f"stage {self.name!r} has no loss")
-        if self.task and not self.reads_student:
-            raise ValueError(f"stage {self.name!r}: the task loss needs the student's forward pass")
+        if not self.updates or not self.updates[0].counts_step or any(
+                update.counts_step for update in self.updates[1:]):
+            raise ValueError(f"stage {self.name!r}: its first update, and only it, counts the step")
+
+    @property
+    def trains(self):
+        """The parts some update of the stage trains."""
+        return tuple(part for part in PARTS if any(part in u.trains for u in self.updates))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,3 +131,7 @@ class StagePlan:
     def trains(self, part):
         """Whether some stage trains `part` ("student", "method" or "teacher")."""
         return any(part in stage.trains for stage in self.stages)
+
+    def reads_view(self, view):
+        """Whether some update reads the batch's `view`."""
+        return any(u.view == view for stage in self.stages for u in stage.updates)

@@ -65,15 +65,24 @@ class SlimBatchNormalization(keras.layers.BatchNormalization):
         return keras.ops.cast(outputs, self.compute_dtype)
 
 
-def synchronize_batch_norm(layers, synchronized=True):
-    """Set every batch-norm layer of `layers` and of their sublayers (slim's, Keras' own,
-    those of a loaded model or of a method's heads) to compute its training statistics
-    over the global batch of all replicas (`synchronized`, Keras' option) or over its
-    replica's share (False, Keras' default). Inference, which uses the moving
-    statistics, is unchanged either way."""
+def batch_norm_layers(layers):
+    """Every batch-norm layer of `layers` and of their sublayers (slim's, Keras' own, those
+    of a loaded model or of a method's heads), once each."""
+    found = []
     for layer in layers:
         # Layer._flatten_layers, which Keras' own Model.layers calls: Keras has no public
         # listing of a layer's sublayers at every depth (nested models, lists of layers).
         for sublayer in layer._flatten_layers():
-            if isinstance(sublayer, keras.layers.BatchNormalization):
-                sublayer.synchronized = synchronized
+            if isinstance(sublayer, keras.layers.BatchNormalization) and all(
+                    sublayer is not other for other in found):
+                found.append(sublayer)
+    return found
+
+
+def synchronize_batch_norm(layers, synchronized=True):
+    """Set every batch-norm layer of `layers` to compute its training statistics over the
+    global batch of all replicas (`synchronized`, Keras' option) or over its replica's
+    share (False, Keras' default). Inference, which uses the moving statistics, is
+    unchanged either way."""
+    for layer in batch_norm_layers(layers):
+        layer.synchronized = synchronized

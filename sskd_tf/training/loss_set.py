@@ -13,7 +13,7 @@ import keras
 import tensorflow as tf
 
 from sskd_tf.distill.base import DistillationMethod
-from sskd_tf.distill.stages import Stage
+from sskd_tf.distill.stages import Stage, Update
 from sskd_tf.errors import UserError
 from sskd_tf.losses import MethodLoss
 from sskd_tf.taps import has_taps, tap_model
@@ -98,6 +98,7 @@ class LossSet(DistillationMethod):
         reductions = {m.reduction for m in methods}
         self.reduction = reductions.pop() if len(reductions) == 1 else "sum"
         self.needs_teacher = any(m.needs_teacher for m in methods)
+        self.step_inputs = tuple(sorted({name for m in methods for name in m.step_inputs}))
 
     @property
     def gradient_rule(self):
@@ -111,18 +112,20 @@ class LossSet(DistillationMethod):
         """One main stage by the agreed rule; a single method's own stages (their rule
         replaced where the Distiller was given one), whose losses must be its `call`."""
         if len(self.methods) > 1:
-            return (Stage(rule=self.gradient_rule),)
+            return (Stage(updates=(Update(rule=self.gradient_rule),)),)
         stages = self.methods[0].stages()
-        other = [stage.distillation for stage in stages if stage.distillation not in (None, "call")]
-        if other:
-            raise UserError(f"{self.methods[0].name} trains a stage on {other[0]}: give it "
+        updates = [update for stage in stages for update in stage.updates]
+        other = [u.distillation for u in updates if u.distillation not in (None, "call")]
+        if other or len(updates) > len(stages):
+            raise UserError(f"{self.methods[0].name} trains by updates of its own: give it "
                             "alone, at weight 1 and without student_loss_weight")
         if self._given_rule is None:
             return stages
-        return tuple(dataclasses.replace(stage, rule=self._given_rule)
-                     if stage.task and stage.distillation else stage for stage in stages)
+        return tuple(dataclasses.replace(stage, updates=tuple(
+            dataclasses.replace(u, rule=self._given_rule) if u.task and u.distillation else u
+            for u in stage.updates)) for stage in stages)
 
-    def call(self, student_out, teacher_out, labels, training=False):
+    def call(self, student_out, teacher_out, labels, training=False, **step_inputs):
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         terms = {}
         for method, weight, (teacher_route, student_route) in zip(
@@ -130,7 +133,8 @@ class LossSet(DistillationMethod):
             method_terms = method(select(student_out, student_route),
                                   None if teacher_out is None else select(teacher_out,
                                                                          teacher_route),
-                                  labels, training=training)
+                                  labels, training=training,
+                                  **{name: step_inputs[name] for name in method.step_inputs})
             for name, value in method_terms.items():
                 if method.reduction != self.reduction:
                     value = value / replicas

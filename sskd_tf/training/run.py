@@ -286,7 +286,8 @@ def _train_in(config, record):
     else:
         shutil.rmtree(os.path.join(config.train_dir, "logs"), ignore_errors=True)
     with checkpoint.signals_handled():
-        fit_epochs(distiller, lambda start_step: data.training(start_step, cut.full_batches), cut,
+        fit_epochs(distiller, lambda start_step: data.training(
+            start_step, cut.full_batches, method.batch_inputs()), cut,
                    total_epochs, run_callbacks.standard_callbacks(config, checkpoint),
                    validation_data=data.validation, verbose=config.verbose)
     wall_time = time.time() - start + previous_time

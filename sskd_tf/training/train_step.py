@@ -12,7 +12,7 @@ import tensorflow as tf
 from keras.src.utils.tracking import no_automatic_dependency_tracking
 
 from sskd_tf.errors import UserError
-from sskd_tf.models.common import synchronize_batch_norm
+from sskd_tf.models.common import batch_norm_layers, synchronize_batch_norm
 from sskd_tf.training.precision import needs_loss_scale
 from sskd_tf.training.schedule import EpochCut, clip_sigmoid
 
@@ -310,20 +310,29 @@ class _TrainStep(keras.Model):
         student_out = self._student_net(images, training=False)
         teacher_out = (self._teacher_net(images, training=False)
                        if self.method.needs_teacher else None)
+        step_inputs = {"stage_epoch": tf.constant(0.0), "sample_indices": tf.zeros([2], tf.int64),
+                       "second_view": images}
         for stage in self.stage_plan.stages:
-            if stage.distillation is not None:
-                terms = self._loss_of(stage)(student_out, teacher_out, labels, training=False)
+            for update in stage.updates:
+                if update.distillation is None:
+                    continue
+                terms = self._loss_of(update)(student_out, teacher_out, labels, training=False,
+                                              **self._method_inputs(step_inputs))
                 for name in terms:
                     self.term_trackers.setdefault(name, keras.metrics.Mean(name=f"{name}_loss"))
         synchronize_batch_norm([self._student_net, self.method],
                                self.sync_batch_norm and self._replicas() > 1)
         super().build(input_shape)
 
-    def _loss_of(self, stage):
-        """The method's function of the stage's distillation terms."""
-        if stage.distillation == "call":
+    def _loss_of(self, update):
+        """The method's function of the update's distillation terms."""
+        if update.distillation == "call":
             return self.method
-        return getattr(self.method, stage.distillation)
+        return getattr(self.method, update.distillation)
+
+    def _method_inputs(self, step_inputs):
+        """The step inputs the method reads (`DistillationMethod.step_inputs`)."""
+        return {name: step_inputs[name] for name in self.method.step_inputs}
 
     @staticmethod
     def _logs(values):
@@ -347,48 +356,50 @@ class _TrainStep(keras.Model):
     def _replicas(self):
         return tf.distribute.get_strategy().num_replicas_in_sync
 
-    def _parts(self, stage):
-        """The networks whose trainable variables `stage` updates."""
+    def _networks(self, parts):
+        """The networks of `parts` ("student", "method", "teacher") that exist."""
         networks = {"student": self._student_net, "method": self.method,
                     "teacher": self._teacher_net}
         return [networks[part] for part in ("student", "method", "teacher")
-                if part in stage.trains and networks[part] is not None]
+                if part in parts and networks[part] is not None]
 
-    def _forward_losses(self, images, labels, stage):
-        """Forward pass and loss terms of `stage`: the cross-entropy (None when the stage
+    def _forward_losses(self, images, labels, update, step_inputs):
+        """Forward pass and loss terms of `update`: the cross-entropy (None when the update
         does not run the student) and the method's terms are this replica's shares,
         which summed over replicas give the global batch's (batch means are divided by
         the number of replicas, batch sums, method.reduction == "sum", are not); the
-        regularisation `wd` of the networks the stage trains depends on the weights only
+        regularisation `wd` of the networks the update trains depends on the weights only
         and is the global value on every replica."""
         replicas = self._replicas()
         # Under a mixed-precision policy the networks' outputs are float16/bfloat16: the
         # losses (and KD-SVD's decompositions) are computed in float32.
         student_out = (_as_float32(self._student_net(images, training=True))
-                       if stage.reads_student else None)
+                       if update.reads_student else None)
         teacher_out = None
-        if self.method.needs_teacher and stage.distillation is not None:
+        if self.method.needs_teacher and update.distillation is not None:
             teacher_out = _as_float32(self._teacher_net(
-                images, training="teacher" in stage.trains))
+                images, training="teacher" in update.trains))
         ce = None
         if student_out is not None:
             batch = tf.cast(tf.shape(labels)[0], tf.float32)
             ce = self.cross_entropy(labels, student_out["logits"]) / (batch * replicas)
             ce = self.method.task_weight * ce
-        regularisation = [loss for network in self._parts(stage) for loss in network.losses]
+        regularisation = [loss for network in self._networks(update.trains)
+                          for loss in network.losses]
         wd = tf.add_n(regularisation) if regularisation else tf.constant(0.0)
         terms = {}
-        if stage.distillation is not None:
-            terms = self._loss_of(stage)(student_out, teacher_out, labels, training=True)
+        if update.distillation is not None:
+            terms = self._loss_of(update)(student_out, teacher_out, labels, training=True,
+                                          **self._method_inputs(step_inputs))
             if self.method.reduction == "mean":
                 terms = {name: value / replicas for name, value in terms.items()}
         return student_out, ce, wd, terms
 
-    def _gradients(self, stage, tape, losses, variables, clip_epoch, total, scale=None):
+    def _gradients(self, update, tape, losses, variables, clip_epoch, total, scale=None):
         """(gradients, clip ratio, finite, summed) of the step (docs/method.md section 5,
         "Several replicas").
 
-        A stage without the task (an initialisation) moves the variables its
+        An update without the task (an initialisation) moves the variables its
         distillation loss reaches, by g_kd + g_wd (`Optimizer_w_Initializer`). A linear
         rule (sum, the initialisation) commutes with the sum over replicas: each replica
         combines its own shares and the optimizer sums the results, as for a single
@@ -397,12 +408,12 @@ class _TrainStep(keras.Model):
         the global g_ce and g_kd, which `_global_parts` sums over replicas, and the
         global g_wd, the same on every replica; `summed` is then True and the combined
         gradients, equal on every replica, must not be summed again. A variable the
-        stage's loss does not reach gets no gradient (None: the optimizer leaves it and
+        update's loss does not reach gets no gradient (None: the optimizer leaves it and
         its slots alone, as TF1's skips it).
         `finite`: the total loss `total` (unscaled) and every gradient of every replica
         are finite, the same on all. `scale`: the loss scale `losses` carry, removed
         from each gradient first. `clip_epoch`: the epoch the clip's sigmoid takes (the
-        epochs of the stage so far).
+        epochs of its stage so far).
         """
         ce, wd, kd, scaled_total = losses
         replicas = self._replicas()
@@ -411,9 +422,9 @@ class _TrainStep(keras.Model):
             grads = tape.gradient(loss, variables)
             return grads if scale is None else [None if g is None else g / scale for g in grads]
 
-        clipped = stage.task and stage.distillation is not None and stage.rule == "clip"
+        clipped = update.task and update.distillation is not None and update.rule == "clip"
         summed = clipped and replicas > 1
-        if not stage.task:
+        if not update.task:
             wd_grads = [None if g is None else g / replicas for g in gradient(wd)]
             grads = [None if g_kd is None else (g_kd if g_wd is None else g_kd + g_wd)
                      for g_kd, g_wd in zip(gradient(kd), wd_grads)]
@@ -472,7 +483,7 @@ class _TrainStep(keras.Model):
             non_finite = context.all_reduce(tf.distribute.ReduceOp.SUM, non_finite)
         return non_finite == 0.0
 
-    def _apply_if(self, finite, pairs, summed):
+    def _apply_if(self, finite, pairs, summed, counts_step=True):
         """Apply the gradients only when `finite` (the same on every replica).
 
         The gradients are this replica's share, which the optimizer sums over
@@ -480,7 +491,8 @@ class _TrainStep(keras.Model):
         which it applies as they are (`applying_summed_gradients`). A strategy without
         merge_call (XLA-compiled steps on GPUs) instead gets 1/N of them from each
         replica, for the optimizer's all-reduce to add back: a second all-reduce,
-        exact to rounding.
+        exact to rounding. An update that does not count the step gives back the
+        optimizer's increment of its step count.
 
         Under a strategy that needs merge_call, the decision is taken in
         cross-replica context, as keras.optimizers.LossScaleOptimizer does:
@@ -488,6 +500,8 @@ class _TrainStep(keras.Model):
         """
         def apply(pairs):
             self.optimizer.apply_gradients(pairs)
+            if not counts_step:
+                self.optimizer.iterations.assign_sub(1)
 
         replicas = self._replicas()
         if replicas == 1 or tf.__internal__.distribute.strategy_supports_no_merge_call():
@@ -506,14 +520,19 @@ class _TrainStep(keras.Model):
 
         tf.distribute.get_replica_context().merge_call(decide, args=(finite, pairs))
 
-    def _state_variables(self):
-        """Variables the forward pass itself changes: the student's and the method's
-        non-trainable ones (BN moving statistics, random-generator states), and the
-        teacher's when a stage trains it."""
-        networks = [self._student_net, self.method]
-        if self._teacher_net is not None and self.stage_plan.trains("teacher"):
-            networks.append(self._teacher_net)
-        return [v for network in networks for v in network.non_trainable_variables]
+    def _state_variables(self, update):
+        """Variables the update's forward pass changes and keeps: the non-trainable ones
+        (BN moving statistics, random-generator states) of the networks it trains."""
+        return [v for network in self._networks(update.trains)
+                for v in network.non_trainable_variables]
+
+    def _frozen_statistics(self, update):
+        """The BN moving statistics of the networks the update runs in training mode but
+        does not train (put back after it: `Update`)."""
+        running = [self._student_net] if update.reads_student else []
+        running += [self.method]
+        frozen = [network for network in running if network not in self._networks(update.trains)]
+        return [v for layer in batch_norm_layers(frozen) for v in layer.non_trainable_variables]
 
     def _keep_if(self, finite, variables, snapshot):
         """Put back the values of `snapshot` unless `finite`. Each replica restores its
@@ -522,38 +541,58 @@ class _TrainStep(keras.Model):
             variable.assign(tf.where(finite, variable.value, value))
 
     def train_step(self, data):
-        """One update of the current stage; skipped (every variable of the networks, the
-        method and the optimizer untouched, counted in `skipped_steps`) when a loss or a
-        gradient is not finite."""
+        """One step of the current stage: its updates in order, each skipped (every
+        variable it would change, the optimizer's included, untouched) when its loss or a
+        gradient is not finite; a step with a skipped update counts in `skipped_steps`."""
         stage = self.stage
-        images, labels = data
+        inputs, labels = data
+        step_inputs = dict(inputs) if isinstance(inputs, dict) else {"images": inputs}
+        views = (step_inputs.pop("images"), step_inputs.get("second_view"))
         epoch = self.epoch_cut.epoch_of(self.optimizer.iterations)
-        clip_epoch = epoch - float(self.stage_plan.first_epoch(stage))
-        variables = [v for network in self._parts(stage) for v in network.trainable_variables]
-        state = self._state_variables()
+        step_inputs["stage_epoch"] = epoch - float(self.stage_plan.first_epoch(stage))
+        finite_step, reported = tf.constant(True), None
+        for update in stage.updates:
+            outcome = self._update(update, views[update.view], labels, step_inputs)
+            finite_step = finite_step & outcome["finite"]
+            if reported is None:
+                reported = outcome
+            else:
+                reported["terms"] = {**reported["terms"], **outcome["terms"]}
+        self.consecutive_skips.assign(tf.where(finite_step, 0, self.consecutive_skips + 1))
+        # A Sum metric adds up the replicas: each counts its share of the step.
+        self.trackers["skipped_steps"].update_state(
+            (1.0 - tf.cast(finite_step, tf.float32)) / self._replicas())
+        self._update_metrics(labels, reported["logits"], reported["ce"], reported["wd"],
+                             reported["terms"], reported["clip_ratio"], finite_step)
+        return self._logs({m.name: m.result() for m in self.metrics})
+
+    def _update(self, update, images, labels, step_inputs):
+        """Run one update; its outcome: finite, and what the step reports."""
+        variables = [v for network in self._networks(update.trains)
+                     for v in network.trainable_variables]
+        state, frozen = self._state_variables(update), self._frozen_statistics(update)
         snapshot = [tf.identity(v.value) for v in state]
+        frozen_values = [tf.identity(v.value) for v in frozen]
         with tf.GradientTape(persistent=True) as tape:
-            student_out, ce, wd, terms = self._forward_losses(images, labels, stage)
+            student_out, ce, wd, terms = self._forward_losses(images, labels, update,
+                                                              step_inputs)
             kd = tf.add_n(list(terms.values())) if terms else tf.constant(0.0)
-            task = ce if stage.task else tf.constant(0.0)
+            task = ce if update.task else tf.constant(0.0)
             total = task + wd / self._replicas() + kd
             losses = (task, wd, kd, total)
             if self.loss_scale is not None:
                 losses = tuple(loss * self.loss_scale for loss in losses)
-        grads, clip_ratio, finite, summed = self._gradients(stage, tape, losses, variables,
-                                                            clip_epoch, total, self.loss_scale)
+        grads, clip_ratio, finite, summed = self._gradients(
+            update, tape, losses, variables, step_inputs["stage_epoch"], total, self.loss_scale)
         del tape
         pairs = [(g, v) for g, v in zip(grads, variables) if g is not None]
-        self._apply_if(finite, pairs, summed)
+        self._apply_if(finite, pairs, summed, update.counts_step)
         self._update_loss_scale(finite)
         self._keep_if(finite, state, snapshot)
-        self.consecutive_skips.assign(tf.where(finite, 0, self.consecutive_skips + 1))
-        # A Sum metric adds up the replicas: each counts its share of the step.
-        self.trackers["skipped_steps"].update_state(
-            (1.0 - tf.cast(finite, tf.float32)) / self._replicas())
-        logits = None if student_out is None else student_out["logits"]
-        self._update_metrics(labels, logits, ce, wd, terms, clip_ratio, finite)
-        return self._logs({m.name: m.result() for m in self.metrics})
+        for variable, value in zip(frozen, frozen_values):
+            variable.assign(value)
+        return {"finite": finite, "logits": None if student_out is None else student_out["logits"],
+                "ce": ce, "wd": wd, "terms": terms, "clip_ratio": clip_ratio}
 
     def _update_loss_scale(self, finite):
         """Halve the loss scale after a non-finite step (not below 1); double it after
