@@ -41,10 +41,11 @@ from sskd_tf.errors import SearchFailed, UserError
 from sskd_tf.training import files, identity
 from sskd_tf.training.callbacks import NonFiniteGuard
 from sskd_tf.training.loop import fit_epochs
-from sskd_tf.training.run import (build_distiller, build_student, epoch_cut, run_data,
-                                  teacher_identity, teacher_weights_path)
+from sskd_tf.training.run import (build_distiller, build_student, epoch_cut,
+                                  needs_trained_teacher, run_data, teacher_identity,
+                                  teacher_weights_path)
 from sskd_tf.training.strategy import make_strategy
-from sskd_tf.training.teacher import load_teacher
+from sskd_tf.training.teacher import fresh_teacher, run_teacher
 
 
 def _retried_from_scratch(tuner_class):
@@ -129,8 +130,12 @@ class DistillerHyperModel(kt.HyperModel):
                    **METHODS.get(self.config.method).search_space(hp)}
         method = build_method(self.config.method, **options)
         student = build_student(self.config, self.data.info)
-        method.prepare(self.teacher, self._stream(0).take(self.cut.first_step(1)))
-        return build_distiller(self.config, method, self.teacher, student, self.cut)
+        teacher = self.teacher
+        if teacher is not None and not method.pretrained_teacher:  # each trial trains its own
+            teacher = fresh_teacher(self.config, self.data.info.num_classes,
+                                    self.data.info.image_shape)
+        method.prepare(teacher, self._stream(0).take(self.cut.first_step(1)))
+        return build_distiller(self.config, method, teacher, student, self.cut)
 
     def fit(self, hp, model, epochs=1, initial_epoch=0, callbacks=(), verbose=1, **kwargs):
         """Train the method's stages before its main one and then `epochs` epochs of the
@@ -232,12 +237,11 @@ def _search(config, hyperparameters, tuner, max_trials, epochs):
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
     strategy = make_strategy(config.strategy)
-    needs_teacher = METHODS.get(config.method).needs_teacher
-    weights_path = teacher_weights_path(config) if needs_teacher else None
+    weights_path = teacher_weights_path(config) if needs_trained_teacher(config.method) else None
     data = run_data(config)
     with strategy.scope():
-        teacher = (load_teacher(config, data.info.num_classes, weights_path, data.validation,
-                                data.info.image_shape)[0] if needs_teacher else None)
+        teacher = run_teacher(config, METHODS.get(config.method), data.info.num_classes,
+                              weights_path, data.validation, data.info.image_shape)[0]
     hypermodel = DistillerHyperModel(config, teacher, data)
     keras_tuner = make_tuner(tuner, hypermodel, hyperparameters, max_trials, epochs, config.seed,
                              tune_dir, None if config.strategy == "default" else strategy)

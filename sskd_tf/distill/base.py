@@ -24,6 +24,9 @@ class DistillationMethod(keras.layers.Layer):
       `sskd_tf.losses` (generated from this class); `reads`: "features" (feature maps)
       or "logits" (the networks' outputs); `min_taps`: the feature maps it needs.
     - `needs_teacher`: False for methods that learn without a teacher network.
+      `pretrained_teacher`: False for a method whose stages train the teacher network
+      from its initialisation alongside the student (mutual learning): the run then
+      neither trains nor loads one first.
     - `default_gradient_rule`: "sum" adds the distillation gradient to the task gradient;
       "clip" applies the multi-task rule of KD_methods_with_TF `op_util.py`
       (docs/method.md section 5): per student variable the distillation gradient is
@@ -53,6 +56,7 @@ class DistillationMethod(keras.layers.Layer):
     reads = "features"
     min_taps = 1
     needs_teacher = True
+    pretrained_teacher = True
     default_gradient_rule = "sum"
     reduction = "mean"
     recipe = None

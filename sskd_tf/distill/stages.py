@@ -40,10 +40,11 @@ class Update:
     distillation terms, "call" (the method's loss), the name of another of its methods, or
     None (no distillation term). rule: how the distillation gradient joins the task
     gradient ("sum" or "clip"; an update without the task sums). reads_student: the update
-    runs the student's forward pass (training mode). view: 0, the batch; 1, the batch
-    augmented a second time (`second_view`). counts_step: the update advances the
-    optimizer's step count (the first of a step does; TF1's later train ops of a step did
-    not, DML's peer's among them).
+    runs the student's forward pass (training mode). teacher_training: the mode of the
+    teacher's forward pass (None: training mode when the update trains it). view: 0, the
+    batch; 1, the batch augmented a second time (`second_view`). counts_step: the update
+    advances the optimizer's step count (the first of a step does; TF1's later train ops of
+    a step did not, DML's peer's among them).
     """
 
     trains: tuple = ("student", "method")
@@ -51,6 +52,7 @@ class Update:
     distillation: str = "call"
     rule: str = "sum"
     reads_student: bool = True
+    teacher_training: bool = None
     view: int = 0
     counts_step: bool = True
 

@@ -26,7 +26,8 @@ from sskd_tf.modes.run_config import config_from_flags, method_options
 from sskd_tf.training import files, identity
 from sskd_tf.training.config import RESULTS_FILE
 from sskd_tf.training.recipes import DEFAULT_RECIPE
-from sskd_tf.training.run import teacher_identity, teacher_weights_path, train
+from sskd_tf.training.run import (needs_trained_teacher, teacher_identity,
+                                  teacher_weights_path, train)
 
 COMPARE_DIR = "compare"
 
@@ -80,10 +81,10 @@ def _compare(base, methods, seeds, options):
     root = os.path.join(base.train_dir, COMPARE_DIR)
     configs = {method: [run_config(base, root, method, seed, options.get(method))
                         for seed in range(base.seed, base.seed + seeds)] for method in methods}
-    if any(METHODS.get(method).needs_teacher for method in methods):
+    if any(needs_trained_teacher(method) for method in methods):
         teacher = teacher_weights_path(base)
         configs = {method: [dataclasses.replace(c, teacher_weights=c.teacher_weights or teacher)
-                            if METHODS.get(method).needs_teacher else c for c in runs]
+                            if needs_trained_teacher(method) else c for c in runs]
                    for method, runs in configs.items()}
     results = {method: [_finished(c) or train(c) for c in runs] for method, runs in configs.items()}
     rows = [report.summary_row(method, configs[method], results[method]) for method in methods]

@@ -62,12 +62,15 @@ def random_states(model):
     return [variable for variable in model.variables if id(variable) not in weights]
 
 
-def trained_networks(student, method):
+def trained_networks(student, method, teacher=None):
     """What a run's checkpoint holds of its networks, as tf.train.Checkpoint children: the
-    student (a Keras model, followed layer by layer) and the method's weights by position
+    student (a Keras model, followed layer by layer), the method's weights by position
     (its own layers, e.g. FitNet's regressors, live in Python lists, which TensorFlow's
-    checkpoints do not follow)."""
-    return {"student": student, "method_weights": list(method.weights)}
+    checkpoints do not follow) and the teacher when the run trains it."""
+    networks = {"student": student, "method_weights": list(method.weights)}
+    if teacher is not None:
+        networks["teacher"] = teacher
+    return networks
 
 
 def _history_rows(text):
@@ -114,7 +117,9 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.metric_states = [variable for metric in distiller.metrics
                               for variable in metric.variables]
         self.checkpoint = tf.train.Checkpoint(
-            **trained_networks(distiller.student, distiller.method), optimizer=distiller.optimizer,
+            **trained_networks(distiller.student, distiller.method,
+                               distiller.teacher if distiller.stage_plan.trains("teacher") else None),
+            optimizer=distiller.optimizer,
             random_states=random_states(distiller.student) + random_states(distiller.method),
             epoch=self.epoch, history=self.history, wall_time=self.wall_time,
             metric_states=self.metric_states)

@@ -41,7 +41,7 @@ from sskd_tf.training.recipes import RECIPES
 from sskd_tf.training.schedule import EpochCut, learning_rate_schedule
 from sskd_tf.training import precision
 from sskd_tf.training.strategy import make_strategy
-from sskd_tf.training.teacher import load_teacher
+from sskd_tf.training.teacher import run_teacher
 
 TEACHER_DIR = "teacher"
 # What a run directory holds once a run has started in it (beside run.json).
@@ -63,11 +63,19 @@ def teacher_run_config(config):
         overwrite=False, teacher_weights=None, learning_rate=learning_rate)
 
 
+def needs_trained_teacher(method_name):
+    """Whether a run of the method distils from a trained teacher (loaded, or trained
+    first in train_dir/teacher/)."""
+    method_class = METHODS.get(method_name)
+    return method_class.needs_teacher and method_class.pretrained_teacher
+
+
 def teacher_identity(config):
     """The identity of the teacher `config` distils from: the digest of --teacher_weights;
     "in the teacher file" for a .keras teacher (whose digest is the run's `teacher`); the
-    identity of its own run in train_dir/teacher/; None for a method without a teacher."""
-    if not METHODS.get(config.method).needs_teacher:
+    identity of its own run in train_dir/teacher/; None for a method without a trained
+    teacher (the run's settings say all of one it trains itself)."""
+    if not needs_trained_teacher(config.method):
         return None
     if config.teacher_weights:
         return {"weights": identity.file_digest(config.teacher_weights, "--teacher_weights")}
@@ -202,7 +210,7 @@ def _prepare_run_dir(config):
     started run (`has_started`) of other settings is refused (--overwrite clears it), so
     is a finished run, a started run without a record (an earlier version's) and an
     unparsable checkpoint state. The record of a run that never started is replaced."""
-    if METHODS.get(config.method).needs_teacher:
+    if needs_trained_teacher(config.method):
         check_cached_teacher(config)
     wanted = identity.run_identity(config, teacher_identity(config))
     if config.overwrite:
@@ -254,8 +262,8 @@ def _results(config, history, wall_time, teacher_accuracy, total_epochs):
 
 
 def _train_in(config, record):
-    needs_teacher = METHODS.get(config.method).needs_teacher
-    weights_path = teacher_weights_path(config) if needs_teacher else None
+    method_class = METHODS.get(config.method)
+    weights_path = teacher_weights_path(config) if needs_trained_teacher(config.method) else None
     keras.utils.set_random_seed(config.seed)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
@@ -270,9 +278,9 @@ def _train_in(config, record):
         if jit_advice:
             log(config, f"Note: {jit_advice}")
         with precision.dtype_policy(config.mixed_precision):
-            teacher, teacher_accuracy = (load_teacher(config, data.info.num_classes, weights_path,
-                                                      data.validation, data.info.image_shape)
-                                         if needs_teacher else (None, None))
+            teacher, teacher_accuracy = run_teacher(config, method_class, data.info.num_classes,
+                                                    weights_path, data.validation,
+                                                    data.info.image_shape)
             student = build_student(config, data.info)
         method.prepare(teacher, data.training(0, cut.full_batches).take(cut.first_step(1)))
         distiller = build_distiller(config, method, teacher, student, cut)

@@ -83,3 +83,22 @@ def load_teacher(config, num_classes, weights_path, val_ds, image_shape=(32, 32,
     accuracy = evaluate_accuracy(teacher, val_ds)
     log(config, f"Teacher {config.teacher}: validation accuracy {accuracy:.4f}")
     return teacher, accuracy
+
+
+def fresh_teacher(config, num_classes, image_shape=(32, 32, 3)):
+    """The teacher network from its initialisation, with the run's weight decay, for a
+    method that trains it alongside the student (`pretrained_teacher` False)."""
+    return models.build_model(config.teacher, num_classes, image_shape,
+                              weight_decay=config.weight_decay, taps=config.teacher_taps,
+                              role="teacher", keras_batch_norm=config.keras_batch_norm)
+
+
+def run_teacher(config, method_class, num_classes, weights_path, val_ds, image_shape):
+    """(teacher, its validation accuracy) of a run of `method_class`: the trained teacher,
+    one from its initialisation (accuracy None) for a method that trains it, or
+    (None, None) for a method without one."""
+    if not method_class.needs_teacher:
+        return None, None
+    if not method_class.pretrained_teacher:
+        return fresh_teacher(config, num_classes, image_shape), None
+    return load_teacher(config, num_classes, weights_path, val_ds, image_shape)

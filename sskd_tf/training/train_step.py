@@ -377,8 +377,10 @@ class _TrainStep(keras.Model):
                        if update.reads_student else None)
         teacher_out = None
         if self.method.needs_teacher and update.distillation is not None:
-            teacher_out = _as_float32(self._teacher_net(
-                images, training="teacher" in update.trains))
+            teacher_training = update.teacher_training
+            if teacher_training is None:
+                teacher_training = "teacher" in update.trains
+            teacher_out = _as_float32(self._teacher_net(images, training=teacher_training))
         ce = None
         if student_out is not None:
             batch = tf.cast(tf.shape(labels)[0], tf.float32)
@@ -531,6 +533,8 @@ class _TrainStep(keras.Model):
         does not train (put back after it: `Update`)."""
         running = [self._student_net] if update.reads_student else []
         running += [self.method]
+        if update.teacher_training and self._teacher_net is not None:
+            running.append(self._teacher_net)
         frozen = [network for network in running if network not in self._networks(update.trains)]
         return [v for layer in batch_norm_layers(frozen) for v in layer.non_trainable_variables]
 
