@@ -4,6 +4,7 @@ import pathlib
 import re
 
 import keras
+import pytest
 
 README = pathlib.Path(__file__).resolve().parent.parent / "README.md"
 
@@ -54,6 +55,43 @@ def test_the_first_run_is_the_flagfile_of_a_comparison_it_describes(monkeypatch)
     (base, methods, seeds, _), = calls
     assert (methods, seeds) == (["none", "svd"], 3)
     assert (base.dataset, base.teacher, base.student) == ("digits", "resnet14", "resnet8")
+    assert base.deterministic
     for value in (f"{base.image_size}x{base.image_size}", f"{base.epochs} epochs",
                   f"batch {base.batch_size}", f"learning rate {base.learning_rate}"):
         assert value in section, value
+    rows = [row for row in first_run_table(section) if row[0] in methods]
+    assert [row[:3] for row in rows] == [[method, str(seeds), str(base.epochs)]
+                                        for method in methods]
+
+
+def first_run_table(section):
+    """The cells of the README's first-run result table, one list a row (header and rule
+    left out)."""
+    return _table_rows(re.search(r"```\nTeacher .*?```", section, flags=re.S).group(0))
+
+
+@pytest.mark.slow
+def test_the_first_run_gives_the_readme_table_digit_for_digit(tmp_path):
+    """The whole first run (about 9 minutes on 2 cores): its teacher line and every
+    accuracy cell of its table equal the README's (the step times are this machine's)."""
+    import subprocess
+    import sys
+
+    completed = subprocess.run(
+        [sys.executable, "main.py", "--flagfile=examples/first_run.flags",
+         f"--train_dir={tmp_path}"], cwd=README.parent, capture_output=True, text=True,
+        timeout=3600)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    section = readme_section("First run (offline)")
+    teacher_line = re.search(r"Teacher resnet14: validation accuracy [\d.]+%", section).group(0)
+    report = (tmp_path / "compare" / "results.md").read_text()
+    assert teacher_line in report
+    measured = {cells[0]: cells for cells in _table_rows(report)}
+    for cells in first_run_table(section):
+        assert measured[cells[0]][:-1] == cells[:-1], (cells, measured[cells[0]])
+
+
+def _table_rows(markdown):
+    """The cells of a markdown table's body rows (the first table of `markdown`)."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
