@@ -153,3 +153,39 @@ def test_train_step_of_a_sum_rule_method_descends_the_total_loss():
     distiller.train_step((images, labels))
     for v, b, e in zip(student.trainable_variables, before, expected):
         np.testing.assert_allclose((b - v.numpy()) / 0.5, e, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("argv,clip_rule", [
+    (["--method=svd_eccv"], "eccv2018"),  # svd_eccv implies its recipe
+    (["--method=svd", "--recipe=eccv2018"], "eccv2018"),
+    (["--method=svd"], "kd_methods")])
+def test_the_recipe_flag_reaches_the_clip_rule_of_the_traced_step(argv, clip_rule, teacher_run,
+                                                                 tmp_path, monkeypatch):
+    """From main.py's flags to the train step: the clip rule the traced step applies is
+    the recipe's (the ECCV bound includes the weight decay's gradient)."""
+    import copy
+    import os
+
+    from absl import flags as absl_flags
+
+    import flags  # noqa: F401  (defines the flags of main.py)
+    from conftest import TINY
+    from sskd_tf.modes.run_config import config_from_flags
+    from sskd_tf.training import run, train_step
+
+    applied = []
+    real_scale = train_step.clip_threshold_scale
+
+    def recorded(epoch, rule, clip_scale=1.0):
+        applied.append(rule)
+        return real_scale(epoch, rule, clip_scale)
+
+    monkeypatch.setattr(train_step, "clip_threshold_scale", recorded)
+    flag_values = copy.deepcopy(absl_flags.FLAGS)
+    flag_values(["main.py", *argv])
+    tiny = {name: value for name, value in TINY.items() if name not in ("student", "verbose")}
+    config = config_from_flags(
+        flag_values, train_dir=str(tmp_path), verbose=0,
+        teacher_weights=os.path.join(teacher_run, "student.keras"), **tiny)
+    run.train(config)
+    assert applied and set(applied) == {clip_rule}

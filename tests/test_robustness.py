@@ -82,12 +82,13 @@ def test_a_run_fed_nan_features_stops_with_the_last_good_checkpoint_intact(tmp_p
     real_training = pipeline.RunData.training
     steps_per_epoch = 4  # 128 examples in batches of 32
 
-    def poisoned_after_first_epoch(self, start_step=0, full_batches=False):
+    def poisoned_after_first_epoch(self, start_step=0, full_batches=False, inputs=()):
+        assert not inputs  # method "none" reads the images alone
         def poison(step, batch):
             images, labels = batch
             return tf.where(step >= steps_per_epoch, np.nan, images), labels
 
-        return real_training(self, start_step, full_batches).enumerate(start_step).map(poison)
+        return real_training(self, start_step, full_batches, inputs).enumerate(start_step).map(poison)
 
     monkeypatch.setattr(pipeline.RunData, "training", poisoned_after_first_epoch)
     config = RunConfig(method="none", train_dir=str(tmp_path), epochs=3, max_consecutive_skips=3, **TINY)

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import TINY
 from main_cli import ERROR_PREFIX, REPO
-from sskd_tf.errors import UserError
+from sskd_tf.errors import Interrupted, UserError
 from sskd_tf.losses import loss_of
 from sskd_tf.training import callbacks as run_callbacks
 from sskd_tf.training import files, identity
@@ -208,7 +208,7 @@ RUN_ARGS = ["--method=none", "--teacher=resnet8", "--dataset=digits", "--image_s
 def test_one_process_at_a_time_and_sigterm_or_sigint_checkpoints_then_exits(tmp_path):
     """A second command on a directory in use is refused at once, naming the holder; SIGTERM
     stops the holder after a checkpoint, with status 143; resumed, Ctrl-C (SIGINT) stops it
-    after a later checkpoint, with 130; the same command resumes to the end."""
+    after a later checkpoint, with 130."""
     train_dir = str(tmp_path / "run")
     command = [sys.executable, "-c", HOLD_THE_RUN, *RUN_ARGS, f"--train_dir={train_dir}"]
     holder = subprocess.Popen(command, cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
@@ -257,11 +257,51 @@ def test_one_process_at_a_time_and_sigterm_or_sigint_checkpoints_then_exits(tmp_
     assert [line for line in stderr.splitlines() if line.startswith(ERROR_PREFIX)][0].startswith(
         f"{ERROR_PREFIX} interrupted by SIGINT (checkpoint saved at step ")
     assert run_callbacks.saved_progress(train_dir)[1] > step
-    resumed = subprocess.run([sys.executable, "main.py", *RUN_ARGS, f"--train_dir={train_dir}"],
-                             cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    with open(os.path.join(train_dir, "results.json")) as handle:
-        assert len(json.load(handle)["val_accuracy"]) == 2
+    # Resuming to the end after a signal: test_a_signal_near_an_epochs_end_... (in process).
+
+
+@pytest.mark.parametrize("signalled_step", ["last_of_epoch_1", "first_of_epoch_2"])
+def test_a_signal_near_an_epochs_end_keeps_every_finished_epochs_row(tmp_path, monkeypatch,
+                                                                   signalled_step):
+    """A signal on an epoch's last step stops the run once that epoch is validated and
+    recorded (its checkpoint holds the row); one on the next step stops it at once. The same
+    command then resumes to a history of every epoch."""
+    config = RunConfig(train_dir=str(tmp_path), **ALONE)
+    # 2 epochs of 128 examples in batches of 64: the first epoch ends at step ceil(128 / 64).
+    at_step = {"last_of_epoch_1": 2, "first_of_epoch_2": 3}
+    real_batch_end = run_callbacks.RunCheckpoint.on_train_batch_end
+
+    def signalled(self, batch, logs=None):
+        if int(self.model_step()) == at_step[signalled_step]:
+            self._on_signal(signal.SIGINT, None)
+        real_batch_end(self, batch, logs)
+
+    monkeypatch.setattr(run_callbacks.RunCheckpoint, "on_train_batch_end", signalled)
+    with pytest.raises(Interrupted, match=r"checkpoint saved at step \d+ of epoch \d+"):
+        train(config)
+    assert run_callbacks.saved_progress(str(tmp_path)) == (1, at_step[signalled_step])
+    assert [int(row["epoch"]) for row in run_callbacks.read_history(str(tmp_path))] == [0]
+    monkeypatch.undo()
+    assert len(train(config)["val_accuracy"]) == 2
+
+
+def test_a_second_signal_stops_the_run_at_once_without_a_checkpoint(tmp_path, monkeypatch):
+    """Ctrl-C twice: the first asks for a checkpoint after the step, the second (before
+    that step ends) stops at once, leaving the last checkpoint as it was."""
+    config = RunConfig(train_dir=str(tmp_path), **ALONE)
+    real_batch_end = run_callbacks.RunCheckpoint.on_train_batch_end
+
+    def twice_at_step_3(self, batch, logs=None):
+        if int(self.model_step()) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        real_batch_end(self, batch, logs)
+
+    monkeypatch.setattr(run_callbacks.RunCheckpoint, "on_train_batch_end", twice_at_step_3)
+    with pytest.raises(Interrupted) as interrupted:
+        train(config)
+    assert interrupted.value.signum == signal.SIGINT
+    assert run_callbacks.saved_progress(str(tmp_path)) == (1, 2)  # epoch 1's end, not step 3
 
 
 def test_the_lock_is_the_operating_systems(tmp_path):

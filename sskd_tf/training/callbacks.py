@@ -189,13 +189,18 @@ class RunCheckpoint(keras.callbacks.Callback):
         with files.writing("a checkpoint", self.manager.directory):
             self.manager.save()
 
+    def _interrupt(self, epoch):
+        step = int(self.model_step()) - self.cut.first_step(epoch)
+        raise Interrupted(f"checkpoint saved at step {step} of epoch {epoch + 1}",
+                          signum=self._signal)
+
     def on_train_batch_end(self, batch, logs=None):
-        if self._signal is not None:
+        epoch = int(self.epoch.numpy())
+        # A signal on an epoch's last step waits for its end (validation, history row): a
+        # checkpoint at the next epoch's first step must hold the finished epoch's row.
+        if self._signal is not None and self.model_step() < self.cut.last_step(epoch, self.epochs):
             self._save()
-            step = int(self.model_step())
-            epoch = int(self.epoch.numpy())
-            raise Interrupted(f"checkpoint saved at step {step - self.cut.first_step(epoch)} "
-                              f"of epoch {epoch + 1}", signum=self._signal)
+            self._interrupt(epoch)
 
     def on_epoch_end(self, epoch, logs=None):
         row = {"epoch": epoch, "steps": self.cut.steps_in(epoch, self.epochs)}
@@ -205,6 +210,8 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.epoch.assign(epoch + 1)
         self._save()
         write_history_csv(self.train_dir, rows)
+        if self._signal is not None:
+            self._interrupt(epoch)
 
 
 class NonFiniteGuard(keras.callbacks.Callback):
