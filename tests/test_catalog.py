@@ -205,11 +205,12 @@ def test_a_new_method_module_reaches_the_run_options_and_the_tuner(repo_with_a_n
         '{"options": {"norm": "l1"}, "tuned": ["strength"], "loss": 0}')
 
 
-def test_a_new_method_module_runs_in_compare_mode(repo_with_a_new_method):
+def test_a_new_method_module_runs_in_compare_mode(repo_with_a_new_method, teacher_run):
     train_dir = repo_with_a_new_method / "runs"
     completed = _run(repo_with_a_new_method, "main.py", "--mode=compare", "--methods=dummy",
-                     "--seeds=1", "--teacher=resnet8", "--dataset=digits", "--image_size=8", "--take_train=64",
-                     "--take_test=32", "--epochs=1", "--batch_size=32",
+                     "--seeds=1", "--teacher=resnet8", "--dataset=digits", "--image_size=8",
+                     "--take_train=64", "--take_test=32", "--epochs=1", "--batch_size=32",
+                     f"--teacher_weights={os.path.join(teacher_run, 'student.keras')}",
                      f"--train_dir={train_dir}")
     assert completed.returncode == 0, completed.stderr[-2000:]
     with open(train_dir / "compare" / "results.csv") as handle:

@@ -13,6 +13,7 @@ import time
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from sskd_tf.training import callbacks as run_callbacks
@@ -112,6 +113,7 @@ def test_two_workers_distil_as_one_mirrored_process_and_only_the_chief_writes(tm
     assert _optimizer_steps(multi_dir) == STEPS_OF_EPOCHS[1]
 
 
+@pytest.mark.slow  # two workers, killed and resumed: 45 s
 def test_a_killed_worker_stops_the_other_with_one_line_and_both_resume(tmp_path):
     chief_dir = tmp_path / "run"
     argv = ("--epochs=2", f"--train_dir={chief_dir}")

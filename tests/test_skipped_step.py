@@ -92,6 +92,7 @@ json.dump(skipped_step_report(make_strategy("mirrored")), sys.stdout)
 """
 
 
+@pytest.mark.slow  # a second process of two CPUs; test_replicas.py skips a NaN step on both
 def test_a_skipped_step_leaves_every_replica_bit_identical_on_two_cpus():
     result = subprocess.run([sys.executable, "-c", MIRRORED_SCRIPT], cwd=REPO, capture_output=True,
                             text=True, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3"), timeout=600)
