@@ -91,6 +91,8 @@ def peer_cross_entropy(labels, peer_logits):
 
 @dataclasses.dataclass(frozen=True)
 class DMLOptions(MethodOptions):
+    weight: float = option(1.0, "weight of the mutual term in both networks' losses (the "
+                           "authors' 1)", at_least=0)
     peer_batch_norm: str = option(
         "inference", "the peer's batch norm while it trains: inference (the authors' code: "
         "its moving statistics stay at their initial values) or training (the paper's: "
@@ -121,9 +123,15 @@ class MutualLearning(DistillationMethod):
         return (Stage(updates=(student, peer)),)
 
     def call(self, student_out, teacher_out, labels, training=False):
-        return {"dml": mutual_learning_loss(student_out["logits"], teacher_out["logits"])}
+        return {"dml": self.options.weight * mutual_learning_loss(student_out["logits"],
+                                                                  teacher_out["logits"])}
 
     def peer_loss(self, student_out, teacher_out, labels, training=False):
         """The peer's update: its cross-entropy and the mutual loss."""
         return {"peer_ce": peer_cross_entropy(labels, teacher_out["logits"]),
-                "peer_dml": mutual_learning_loss(student_out["logits"], teacher_out["logits"])}
+                "peer_dml": self.options.weight * mutual_learning_loss(student_out["logits"],
+                                                                       teacher_out["logits"])}
+
+    @classmethod
+    def search_space(cls, hp):
+        return {"weight": hp.Float("weight", 1e-1, 1e1, sampling="log", default=1.0)}

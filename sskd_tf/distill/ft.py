@@ -203,9 +203,9 @@ class FactorTransfer(DistillationMethod):
         if tuple(student[1:3]) != tuple(teacher[1:3]):
             raise UserError(f"FT: the student's last map {tuple(student[1:])} and the "
                             f"teacher's {tuple(teacher[1:])} must have the same height and width")
-        self.paraphraser = Paraphraser(teacher[-1], name="paraphraser")
+        self.paraphraser = Paraphraser(teacher[-1], dtype=self.dtype_policy, name="paraphraser")
         self.paraphraser.build(tuple(teacher))
-        self.translator = Translator(teacher[-1], name="translator")
+        self.translator = Translator(teacher[-1], dtype=self.dtype_policy, name="translator")
         self.translator.build(tuple(student))
 
     def paraphraser_loss(self, student_out, teacher_out, labels, training=False):

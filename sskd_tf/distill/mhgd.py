@@ -329,7 +329,8 @@ class MultiHeadGraphDistillation(DistillationMethod):
             raise UserError(f"MHGD: the student's taps {[tuple(s[1:]) for s in student]} and "
                             f"the teacher's {[tuple(t[1:]) for t in teacher]} must pair one to "
                             "one with the same widths")
-        self.graph = MultiHeadGraph([shape[-1] for shape in teacher], name="graph")
+        self.graph = MultiHeadGraph([shape[-1] for shape in teacher], dtype=self.dtype_policy,
+                                    name="graph")
 
     def _maps(self, outputs):
         """The maps in the method's variable dtype (float32 under a mixed policy: the
