@@ -116,6 +116,10 @@ class MutualLearning(DistillationMethod):
     pretrained_teacher = False
 
     def stages(self):
+        # The authors' loop: the student's op, then the peer's on a fresh augmentation (view 1),
+        # which does not advance the global step. Quirk kept by default: the peer's BN runs
+        # with `not is_training`, in inference mode in both updates, so its moving statistics
+        # never move (`peer_batch_norm="training"`: the paper's behaviour).
         peer_training = self.options.peer_batch_norm == "training"
         student = Update(trains=("student",), teacher_training=peer_training)
         peer = Update(trains=("teacher",), task=False, distillation="peer_loss", view=1,

@@ -193,6 +193,11 @@ class FactorTransfer(DistillationMethod):
     library_name = "FTDistillation"
 
     def stages(self):
+        # `Optimizer_w_FT`'s two train ops: the paraphraser's (the student not run), then the
+        # student's and the translator's, summed; the paraphraser gets no gradient there (the
+        # teacher's factor is a constant). The "method" part also holds the translator: in the
+        # first stage its decay enters the reported `wd_loss`, but it receives no gradient (an
+        # update without the task decays only what its loss reaches), so it does not move.
         paraphrase = Update(trains=("method",), task=False, distillation="paraphraser_loss",
                             reads_student=False)
         return (Stage("paraphraser", epochs=self.options.init_epochs, updates=(paraphrase,)),

@@ -317,6 +317,10 @@ class MultiHeadGraphDistillation(DistillationMethod):
     default_gradient_rule = "clip"
 
     def stages(self):
+        # `Optimizer_w_MHGD`: first the 'MHA' variables alone, with their update ops; then the
+        # student's variables alone by the clip rule, whose sigmoid counts the epochs of its own
+        # stage (the train step passes `epoch - first epoch of the stage`), the attention's
+        # update ops left out (an update restores the statistics of what it does not train).
         estimate = Update(trains=("method",), task=False, distillation="init_loss",
                           reads_student=False)
         return (Stage("attention", epochs=self.options.init_epochs, updates=(estimate,)),
