@@ -265,3 +265,18 @@ def test_dml_checkpoints_the_peer_and_its_optimizer_slots(tmp_path):
     _step(second, batch, labels)
     for got, expected in zip(resumed_peer.weights, peer.weights):
         np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_the_results_report_the_peer_beside_the_student():
+    from sskd_tf.training import run
+    from sskd_tf.training.config import RunConfig
+
+    history = [{"epoch": epoch, "val_accuracy": student, "val_teacher_accuracy": peer}
+               for epoch, (student, peer) in enumerate([(0.2, 0.3), (0.4, 0.25)])]
+    results = run._results(RunConfig(method="dml"), history, 1.0, None, 2)
+    assert (results["last_val_accuracy"], results["trained_teacher_last_val_accuracy"],
+            results["trained_teacher_best_val_accuracy"]) == (0.4, 0.25, 0.3)
+    assert "trained teacher best val accuracy | 30.00%" in run.format_results(results)
+    plain = run._results(RunConfig(method="ft"), [{"epoch": 0, "val_accuracy": 0.2}], 1.0, 0.5, 1)
+    assert plain["trained_teacher_last_val_accuracy"] is None
+    assert "trained teacher" not in run.format_results(plain)
