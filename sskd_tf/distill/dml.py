@@ -121,7 +121,8 @@ class MutualLearning(DistillationMethod):
         # with `not is_training`, in inference mode in both updates, so its moving statistics
         # never move (`peer_batch_norm="training"`: the paper's behaviour).
         peer_training = self.options.peer_batch_norm == "training"
-        student = Update(trains=("student",), teacher_training=peer_training)
+        student = Update(trains=("student",), rule=self.gradient_rule,
+                         teacher_training=peer_training)
         peer = Update(trains=("teacher",), task=False, distillation="peer_loss", view=1,
                       counts_step=False, teacher_training=peer_training)
         return (Stage(updates=(student, peer)),)

@@ -201,7 +201,7 @@ class FactorTransfer(DistillationMethod):
         paraphrase = Update(trains=("method",), task=False, distillation="paraphraser_loss",
                             reads_student=False)
         return (Stage("paraphraser", epochs=self.options.init_epochs, updates=(paraphrase,)),
-                Stage(updates=(Update(trains=("student", "method")),)))
+                Stage(updates=(Update(trains=("student", "method"), rule=self.gradient_rule),)))
 
     def build(self, student_out_shape, teacher_out_shape):
         student, teacher = student_out_shape["features"][-1], teacher_out_shape["features"][-1]
