@@ -58,3 +58,31 @@ def test_symmetric_and_zero_only_for_equal_predictions():
 def test_logits_of_other_classes_are_a_user_error():
     with pytest.raises(UserError, match="same classes"):
         mutual_learning_loss(tf.zeros((2, 10)), tf.zeros((2, 100)))
+
+
+def test_the_registered_loss_gives_each_network_its_terms():
+    """`sskd_tf.losses.DMLDistillation`: the student's update reads the mutual loss alone (its
+    cross-entropy is the task's), the peer's update its cross-entropy and the same mutual loss;
+    no temperature, unweighted as the authors' unless `weight` says otherwise."""
+    from sskd_tf import losses
+
+    rng = np.random.default_rng(3)
+    student_logits, peer_logits = rng.normal(0, 3, (BATCH, 10)), rng.normal(0, 3, (BATCH, 10))
+    labels = rng.integers(0, 10, BATCH)
+    student, peer = {"logits": tf.constant(student_logits)}, {"logits": tf.constant(peer_logits)}
+    loss = losses.DMLDistillation()
+    mutual = dml_reference(student_logits, peer_logits)
+    terms = loss.method(student, peer, tf.constant(labels))
+    np.testing.assert_allclose(terms["dml"].numpy(), mutual, rtol=1e-6)
+    assert set(terms) == {"dml"}
+    np.testing.assert_allclose(loss.compute_loss(peer, student, tf.constant(labels)).numpy(), mutual,
+                               rtol=1e-6)
+    peer_terms = loss.method.peer_loss(student, peer, tf.constant(labels))
+    cross_entropy = -np.mean(kref.log_softmax(peer_logits)[np.arange(BATCH), labels])
+    np.testing.assert_allclose(peer_terms["peer_ce"].numpy(), cross_entropy, rtol=1e-6)
+    np.testing.assert_allclose(peer_terms["peer_dml"].numpy(), mutual, rtol=1e-6)
+    weighted = losses.DMLDistillation(weight=2.0).method
+    np.testing.assert_allclose(weighted(student, peer, tf.constant(labels))["dml"].numpy(), 2 * mutual,
+                               rtol=1e-6)
+    np.testing.assert_allclose(weighted.peer_loss(student, peer, tf.constant(labels))["peer_dml"].numpy(),
+                               2 * mutual, rtol=1e-6)

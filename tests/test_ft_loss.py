@@ -207,3 +207,42 @@ def test_incompatible_maps_are_user_errors(student_shape, teacher_shape, message
         ft.factor_transfer_loss(tf.zeros(student_shape), tf.zeros(teacher_shape), paraphraser, translator)
     with pytest.raises(UserError, match="width 16 cannot take"):
         ft.reconstruction_loss(tf.zeros((2, 8, 8, 32)), ft.Paraphraser(16))
+
+
+def test_the_registered_loss_is_the_authors_terms_of_each_stage():
+    """`sskd_tf.losses.FTDistillation` on the networks' last taps: the main stage's term is
+    500 x the factor-transfer loss, the paraphraser stage's the reconstruction and the
+    paraphraser's unhalved weight decay (float32, against the float64 transcription)."""
+    from sskd_tf import losses
+
+    shape = (2, 4, 4, 16)
+    rng = np.random.default_rng(21)
+    student_map, teacher_map = (np.maximum(rng.normal(size=shape), 0.0).astype(np.float32)
+                                for _ in range(2))
+
+    def outputs(last):
+        return {"logits": tf.zeros((2, 3)), "features": [tf.zeros((2, 8, 8, 4)), tf.constant(last)]}
+
+    loss = losses.FTDistillation()
+    student, teacher = outputs(student_map), outputs(teacher_map)
+    terms = loss.method(student, teacher, None)
+    params = {w.path[w.path.index(scope):]: w.numpy().astype(np.float64)
+              for scope in ("paraphraser/", "translator/") for w in loss.method.weights
+              if scope in w.path}
+    assert len(params) == 18
+    expected = 500.0 * transfer_reference(student_map.astype(np.float64), teacher_map.astype(np.float64),
+                                          params)
+    np.testing.assert_allclose(terms["factor_transfer"].numpy(), expected, rtol=1e-4)
+    np.testing.assert_allclose(loss.compute_loss(teacher, student).numpy(), expected, rtol=1e-4)
+    init = loss.method.paraphraser_loss(None, teacher, None)
+    reconstruction = np.mean(np.abs(teacher_map - reconstruction_reference(teacher_map.astype(np.float64),
+                                                                           params)))
+    decay = 5e-4 * sum(np.sum(v ** 2) for p, v in params.items()
+                       if p.startswith("paraphraser/") and p.endswith("/kernel"))
+    np.testing.assert_allclose(init["reconstruction"].numpy(), reconstruction, rtol=1e-4)
+    np.testing.assert_allclose(init["paraphraser_decay"].numpy(), decay, rtol=1e-5)
+    half = losses.FTDistillation(weight=250.0)
+    half.method(student, teacher, None)
+    half.method.set_weights(loss.method.get_weights())
+    np.testing.assert_allclose(half.method(student, teacher, None)["factor_transfer"].numpy(),
+                               expected / 2, rtol=1e-4)

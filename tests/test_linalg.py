@@ -201,3 +201,25 @@ def test_eid_square_maps_get_no_gradient_in_faithful_mode_only():
 def test_unknown_gradient_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown SVD gradient 'bogus'; choose one of: original, exact, eccv"):
         linalg.svd(tf.zeros((1, 3, 2)), "bogus")
+
+
+@pytest.mark.parametrize("shape", [(2, 12, 4), (2, 4, 12)])
+def test_eid_exact_gradient_matches_finite_differences_and_original_doubles_it_when_tall(shape):
+    """KD-EID (MHGD's `SVD_eid`) on both sides of its square band: the exact option is the
+    true gradient of a sign-invariant loss of its leading right vectors; the authors' formula
+    is twice it where D <= HW (tall), and their own formula where D > HW (the transcription
+    above)."""
+    x = _random(shape, seed=17)
+    wv = _weights(shape, seed=18)[2]
+
+    def loss(gradient):
+        def of(t):
+            v = linalg.eid(t, gradient)[2][..., :2]
+            return tf.reduce_sum(wv * tf.matmul(v, v, transpose_b=True))
+        return of
+
+    numeric = _central_differences(lambda a: _sign_invariant_loss_np(a, (0.0, 0.0, wv)), x)
+    assert _relative_error(_tape_gradient(loss("exact"), x), numeric) < 1e-4
+    if shape[1] >= shape[2]:
+        np.testing.assert_allclose(_tape_gradient(loss("original"), x), 2.0 * numeric, rtol=1e-5,
+                                   atol=1e-7)

@@ -134,7 +134,11 @@ def _unit_vectors(seed):
 def _graph(seed, mask_seed=None):
     """A float64 graph with every weight drawn from `seed` (the BN parameters and moving
     statistics not the initial ones) and head-drop masks from `mask_seed`."""
-    graph = mhgd.MultiHeadGraph(WIDTHS, seed=mask_seed, dtype="float64")
+    return _draw(mhgd.MultiHeadGraph(WIDTHS, seed=mask_seed, dtype="float64"), seed)
+
+
+def _draw(graph, seed):
+    """Every weight of `graph` drawn from `seed`."""
     rng = np.random.default_rng(seed)
     draws = {"kernel": lambda n: rng.normal(0.0, np.sqrt(2.0 / n[-1]), n), "gamma": lambda n: rng.uniform(0.5, 1.5, n), "beta": lambda n: rng.normal(0.0, 0.1, n),
              "bias": lambda n: rng.normal(0.0, 0.1, n), "moving_mean": lambda n: rng.normal(0.0, 0.02, n),
@@ -387,3 +391,46 @@ def test_vectors_of_other_widths_than_the_graph_are_user_errors():
         graph.transfer_loss([tf.zeros((2, 8)), tf.zeros((2, 32))], [tf.zeros((2, 8)), tf.zeros((2, 32))])
     with pytest.raises(UserError, match="at least 2"):
         mhgd.MultiHeadGraph([8])
+
+
+# ------------------------------------------------------------------ the registered method
+
+
+def test_the_registered_loss_is_the_authors_terms_of_each_stage():
+    """`sskd_tf.losses.MHGDDistillation` (float64 by the layer policy): the main stage's term
+    is `weight` x the transfer loss from the maps, the initialisation stage's the estimation
+    loss on the teacher's vectors with the head-drop masks the estimators draw, plus the
+    unhalved weight decay of every trainable variable of the attention network."""
+    from sskd_tf import losses
+
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float64")
+    try:
+        loss = losses.MHGDDistillation(weight=3.0)
+    finally:
+        keras.config.set_dtype_policy(policy)
+    student_maps, teacher_maps = _maps(30), _maps(31)
+
+    def outputs(maps):
+        return {"logits": tf.zeros((BATCH, 3), tf.float64), "features": [tf.constant(m) for m in maps]}
+
+    student, teacher = outputs(student_maps), outputs(teacher_maps)
+    loss.method(student, teacher, None)
+    graph = _draw(loss.method.graph, 32)
+    params = {w.path[min(w.path.index(s) for s in ("attention", "estimator") if s in w.path):]: w.numpy()
+              for w in graph.weights}
+    teachers = teacher_vectors_reference(teacher_maps)
+    expected = 3.0 * transfer_reference(student_vectors_reference(student_maps, teachers), teachers, params)
+    np.testing.assert_allclose(loss.method(student, teacher, None)["mhgd"].numpy(), expected, rtol=1e-9)
+    np.testing.assert_allclose(loss.compute_loss(teacher, student).numpy(), expected, rtol=1e-9)
+
+    states = [estimator.seed_generator.state.numpy() for estimator in graph.estimators]
+    init = loss.method.init_loss(None, teacher, None, training=True)["estimation"]
+    for estimator, state in zip(graph.estimators, states):
+        estimator.seed_generator.state.assign(state)
+    masks = [mhgd.head_drop_mask(HEADS, BATCH, estimator.seed_generator, "float64").numpy()
+             for estimator in graph.estimators]
+    decay = 5e-4 * sum(np.sum(params[p] ** 2) for p in params
+                       if p.split("/")[-1] in {"gamma", "kernel", "beta", "bias"})
+    np.testing.assert_allclose(init.numpy(), estimation_reference(teachers, params, masks) + decay,
+                               rtol=1e-9)

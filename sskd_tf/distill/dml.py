@@ -1,4 +1,4 @@
-"""DML: deep mutual learning, the loss (the method and its training step come later).
+"""DML: deep mutual learning, the loss and the registered method "dml" (`MutualLearning`).
 
 Zhang, Xiang, Hospedales, Lu, "Deep Mutual Learning", CVPR 2018 (arXiv 1706.00384). No fixed
 teacher: a peer network trains beside the student, each on its cross-entropy plus the
@@ -51,9 +51,20 @@ updates them, while gamma and beta keep training), and offer the paper's behavio
 in training mode like the student, as an option. The authors' 73.27 / 73.47 were obtained
 with the quirk.
 """
+import dataclasses
+
+import keras
 import tensorflow as tf
 
+from sskd_tf.distill.base import METHODS, DistillationMethod
+from sskd_tf.distill.options import MethodOptions, option
+from sskd_tf.distill.stages import Stage, Update
 from sskd_tf.errors import UserError
+
+# The peer's batch-norm mode in both updates of a step: "inference" (the authors' quirk,
+# `teacher_is_training = not is_training`: its moving statistics never move) or "training"
+# (the paper's: batch statistics, its moving statistics updated in its own update).
+PEER_BATCH_NORM = ("inference", "training")
 
 
 def mutual_learning_loss(student_logits, peer_logits):
@@ -69,3 +80,63 @@ def mutual_learning_loss(student_logits, peer_logits):
         return tf.reduce_mean(tf.reduce_sum(tf.exp(log_p) * (log_p - log_q), axis=-1))
 
     return (mean_kl(peer_log_p, student_log_p) + mean_kl(student_log_p, peer_log_p)) / 2.0
+
+
+def peer_cross_entropy(labels, peer_logits):
+    """The peer's task loss, the batch mean of the sparse cross-entropy of its logits (the
+    authors' `softmax_cross_entropy` of `Logits_tch`)."""
+    return tf.reduce_mean(keras.losses.sparse_categorical_crossentropy(
+        labels, peer_logits, from_logits=True))
+
+
+@dataclasses.dataclass(frozen=True)
+class DMLOptions(MethodOptions):
+    weight: float = option(1.0, "weight of the mutual term in both networks' losses (the "
+                           "authors' 1)", at_least=0)
+    peer_batch_norm: str = option(
+        "inference", "the peer's batch norm while it trains: inference (the authors' code: "
+        "its moving statistics stay at their initial values) or training (the paper's: "
+        "batch statistics, moving statistics updated in its own update)",
+        choices=PEER_BATCH_NORM)
+
+
+@METHODS.register("dml")
+class MutualLearning(DistillationMethod):
+    """Deep mutual learning (Zhang et al., CVPR 2018): the teacher network is a peer that
+    trains from its initialisation beside the student. Each step, as the authors' code runs
+    it, updates the student first (CE + weight decay + the symmetric KL against the peer's
+    logits) and then the peer, on a second augmentation of the batch and the updated
+    student's logits (its CE + its weight decay + the same KL); the peer's batch norm in
+    inference mode in both (`peer_batch_norm`), its learning rate the next step's."""
+
+    Options = DMLOptions
+    library_name = "DMLDistillation"
+    reads = "logits"
+    min_taps = 0
+    pretrained_teacher = False
+
+    def stages(self):
+        # The authors' loop: the student's op, then the peer's on a fresh augmentation (view 1),
+        # which does not advance the global step. Quirk kept by default: the peer's BN runs
+        # with `not is_training`, in inference mode in both updates, so its moving statistics
+        # never move (`peer_batch_norm="training"`: the paper's behaviour).
+        peer_training = self.options.peer_batch_norm == "training"
+        student = Update(trains=("student",), rule=self.gradient_rule,
+                         teacher_training=peer_training)
+        peer = Update(trains=("teacher",), task=False, distillation="peer_loss", view=1,
+                      counts_step=False, teacher_training=peer_training)
+        return (Stage(updates=(student, peer)),)
+
+    def call(self, student_out, teacher_out, labels, training=False):
+        return {"dml": self.options.weight * mutual_learning_loss(student_out["logits"],
+                                                                  teacher_out["logits"])}
+
+    def peer_loss(self, student_out, teacher_out, labels, training=False):
+        """The peer's update: its cross-entropy and the mutual loss."""
+        return {"peer_ce": peer_cross_entropy(labels, teacher_out["logits"]),
+                "peer_dml": self.options.weight * mutual_learning_loss(student_out["logits"],
+                                                                       teacher_out["logits"])}
+
+    @classmethod
+    def search_space(cls, hp):
+        return {"weight": hp.Float("weight", 1e-1, 1e1, sampling="log", default=1.0)}

@@ -1,4 +1,4 @@
-"""FT: factor transfer, the mathematics (the method and its stages come later).
+"""FT: factor transfer, its mathematics and the registered method "ft" (`FactorTransfer`).
 
 Kim, Park, Kwak, "Paraphrasing Complex Network: Network Compression via Factor Transfer",
 NeurIPS 2018 (arXiv 1802.04977). A paraphraser, an autoencoder trained on the teacher's last
@@ -38,9 +38,14 @@ whose momentum slots are per variable):
    70, 100 and 120; student BN in training mode, the teacher in inference mode. Nothing is
    reset between the stages.
 """
+import dataclasses
+
 import keras
 import tensorflow as tf
 
+from sskd_tf.distill.base import METHODS, DistillationMethod
+from sskd_tf.distill.options import MethodOptions, option
+from sskd_tf.distill.stages import Stage, Update
 from sskd_tf.errors import UserError
 from sskd_tf.models import common
 
@@ -164,3 +169,62 @@ def factor_transfer_loss(student_map, teacher_map, paraphraser, translator):
                         f"{tuple(teacher_map.shape[1:])} must have the same height and width")
     teacher_factor = tf.stop_gradient(factor(paraphraser.encode(teacher_map)))
     return tf.reduce_mean(tf.abs(teacher_factor - factor(translator(student_map))))
+
+
+@dataclasses.dataclass(frozen=True)
+class FTOptions(MethodOptions):
+    weight: float = option(TRANSFER_WEIGHT, "weight of the factor-transfer term (the "
+                           "authors' 500)", at_least=0)
+    init_epochs: int = option(
+        AUTHORS_INIT_EPOCHS, "epochs in which the paraphraser alone trains on the teacher's "
+        "reconstruction, before the student (the authors' 40)", at_least=1)
+
+
+@METHODS.register("ft")
+class FactorTransfer(DistillationMethod):
+    """Factor transfer (Kim, Park, Kwak, NeurIPS 2018) on the networks' last taps, in the
+    authors' two stages: `init_epochs` (40) epochs of the paraphraser alone on the teacher's
+    reconstruction and its own weight decay (5e-4 sum(w^2) over its kernels), then the
+    student and the translator on CE + weight decay + `weight` (500) x mean |F_T - F_S|,
+    the paraphraser frozen. The translator's kernels decay with the student's (sum/2).
+    The maps are cast to the method's variable dtype (float32 under a mixed policy)."""
+
+    Options = FTOptions
+    library_name = "FTDistillation"
+
+    def stages(self):
+        # `Optimizer_w_FT`'s two train ops: the paraphraser's (the student not run), then the
+        # student's and the translator's, summed; the paraphraser gets no gradient there (the
+        # teacher's factor is a constant). The "method" part also holds the translator: in the
+        # first stage its decay enters the reported `wd_loss`, but it receives no gradient (an
+        # update without the task decays only what its loss reaches), so it does not move.
+        paraphrase = Update(trains=("method",), task=False, distillation="paraphraser_loss",
+                            reads_student=False)
+        return (Stage("paraphraser", epochs=self.options.init_epochs, updates=(paraphrase,)),
+                Stage(updates=(Update(trains=("student", "method"), rule=self.gradient_rule),)))
+
+    def build(self, student_out_shape, teacher_out_shape):
+        student, teacher = student_out_shape["features"][-1], teacher_out_shape["features"][-1]
+        if tuple(student[1:3]) != tuple(teacher[1:3]):
+            raise UserError(f"FT: the student's last map {tuple(student[1:])} and the "
+                            f"teacher's {tuple(teacher[1:])} must have the same height and width")
+        self.paraphraser = Paraphraser(teacher[-1], dtype=self.dtype_policy, name="paraphraser")
+        self.paraphraser.build(tuple(teacher))
+        self.translator = Translator(teacher[-1], dtype=self.dtype_policy, name="translator")
+        self.translator.build(tuple(student))
+
+    def paraphraser_loss(self, student_out, teacher_out, labels, training=False):
+        """The first stage's terms: the reconstruction and the paraphraser's weight decay."""
+        teacher = tf.cast(teacher_out["features"][-1], self.variable_dtype)
+        return {"reconstruction": reconstruction_loss(teacher, self.paraphraser),
+                "paraphraser_decay": self.paraphraser.weight_decay()}
+
+    def call(self, student_out, teacher_out, labels, training=False):
+        student = tf.cast(student_out["features"][-1], self.variable_dtype)
+        teacher = tf.cast(teacher_out["features"][-1], self.variable_dtype)
+        return {"factor_transfer": self.options.weight * factor_transfer_loss(
+            student, teacher, self.paraphraser, self.translator)}
+
+    @classmethod
+    def search_space(cls, hp):
+        return {"weight": hp.Float("weight", 10.0, 1e4, sampling="log", default=TRANSFER_WEIGHT)}

@@ -1,4 +1,5 @@
-"""MHGD: multi-head graph distillation, the mathematics (the method and its stages come later).
+"""MHGD: multi-head graph distillation, its mathematics and the registered method "mhgd"
+(`MultiHeadGraphDistillation`).
 
 Lee, Song, "Graph-based Knowledge Distillation by Multi-head Attention Network", BMVC 2019
 (arXiv 1907.02226). Each stage's feature map is compressed to its leading right singular
@@ -60,12 +61,18 @@ one optimizer whose momentum slots are per variable):
    the attention frozen on its stage-1 moving statistics (its update ops are left out), the
    teacher in inference mode. Nothing is reset between the stages.
 """
+import dataclasses
+
 import keras
 import tensorflow as tf
 
 from sskd_tf import linalg
+from sskd_tf.distill.base import METHODS, DistillationMethod
 from sskd_tf.distill.kd_svd import align_to_teacher, leading_components
+from sskd_tf.distill.options import MethodOptions, option
+from sskd_tf.distill.stages import Stage, Update
 from sskd_tf.errors import UserError
+from sskd_tf.linalg import BACKENDS
 from sskd_tf.models import common
 
 NUM_HEADS = 8
@@ -73,6 +80,8 @@ TEACHER_COMPONENTS = 1
 STUDENT_COMPONENTS = 4
 AUTHORS_INIT_EPOCHS = 40
 INIT_WEIGHT_DECAY = 5e-4
+# The backward passes of the student's decompositions a user chooses (those of KD-SVD).
+GRADIENTS = ("original", "exact")
 
 
 def check_taps(student_maps, teacher_maps):
@@ -268,10 +277,82 @@ def mhgd_transfer_loss(student_maps, teacher_maps, graph, gradient="original", b
     return graph.transfer_loss(*stage_vectors(student_maps, teacher_maps, gradient, backend))
 
 
-def mhgd_init_loss(teacher_maps, graph, backend="linalg_svd", head_masks=None):
+def mhgd_init_loss(teacher_maps, graph, backend="linalg_svd", head_masks=None, training=True):
     """The initialisation stage's loss: `graph.estimation_loss` on the teacher's vectors plus
-    `graph.init_weight_decay()`."""
+    `graph.init_weight_decay()`; training: the mode of the networks' batch norms."""
     if len(teacher_maps) < 2:
         raise UserError("MHGD relates consecutive taps: give at least 2 feature maps")
-    return (graph.estimation_loss(teacher_vectors(teacher_maps, backend), head_masks)
+    return (graph.estimation_loss(teacher_vectors(teacher_maps, backend), head_masks, training)
             + graph.init_weight_decay())
+
+
+@dataclasses.dataclass(frozen=True)
+class MHGDOptions(MethodOptions):
+    weight: float = option(1.0, "weight of the MHGD term (the authors' 1)", at_least=0)
+    init_epochs: int = option(
+        AUTHORS_INIT_EPOCHS, "epochs in which the attention and estimator networks alone "
+        "train on the teacher's stage vectors, before the student (the authors' 40)",
+        at_least=1)
+    gradient: str = option(
+        "original", "backward pass of the student's decompositions: original (KD-EID's, "
+        "the authors') or exact (the true gradient)", choices=GRADIENTS)
+    backend: str = option(
+        "linalg_svd", "decomposition backend (as KD-SVD's --svd_backend): linalg_svd "
+        "(faithful: the loss depends on the teacher's signs), gram, hybrid or batched",
+        choices=BACKENDS)
+
+
+@METHODS.register("mhgd")
+class MultiHeadGraphDistillation(DistillationMethod):
+    """Multi-head graph distillation (Lee, Song, BMVC 2019) between consecutive taps of equal
+    widths, in the authors' two stages: `init_epochs` (40) epochs in which the attention and
+    estimator networks alone learn to estimate each stage's teacher vectors from the
+    previous stage's (the student not run), then the student alone on CE + weight decay +
+    `weight` x the KL between the attentions of its and the teacher's vectors, by the clip
+    rule, the attention frozen on its first-stage statistics."""
+
+    Options = MHGDOptions
+    library_name = "MHGDDistillation"
+    min_taps = 2
+    default_gradient_rule = "clip"
+
+    def stages(self):
+        # `Optimizer_w_MHGD`: first the 'MHA' variables alone, with their update ops; then the
+        # student's variables alone by the clip rule, whose sigmoid counts the epochs of its own
+        # stage (the train step passes `epoch - first epoch of the stage`), the attention's
+        # update ops left out (an update restores the statistics of what it does not train).
+        estimate = Update(trains=("method",), task=False, distillation="init_loss",
+                          reads_student=False)
+        return (Stage("attention", epochs=self.options.init_epochs, updates=(estimate,)),
+                Stage(updates=(Update(trains=("student",), rule=self.gradient_rule),)))
+
+    def build(self, student_out_shape, teacher_out_shape):
+        student, teacher = student_out_shape["features"], teacher_out_shape["features"]
+        if len(student) != len(teacher) or any(
+                s[-1] != t[-1] for s, t in zip(student, teacher)):
+            raise UserError(f"MHGD: the student's taps {[tuple(s[1:]) for s in student]} and "
+                            f"the teacher's {[tuple(t[1:]) for t in teacher]} must pair one to "
+                            "one with the same widths")
+        self.graph = MultiHeadGraph([shape[-1] for shape in teacher], dtype=self.dtype_policy,
+                                    name="graph")
+
+    def _maps(self, outputs):
+        """The maps in the method's variable dtype (float32 under a mixed policy: the
+        decompositions stay in full precision)."""
+        return [tf.cast(feature_map, self.variable_dtype) for feature_map in outputs["features"]]
+
+    def init_loss(self, student_out, teacher_out, labels, training=False):
+        """The first stage's term: the estimation loss plus the networks' unhalved weight
+        decay (`mhgd_init_loss`), their batch norms in training mode in training."""
+        return {"estimation": mhgd_init_loss(self._maps(teacher_out), self.graph,
+                                             self.options.backend, training=training)}
+
+    def call(self, student_out, teacher_out, labels, training=False):
+        return {"mhgd": self.options.weight * mhgd_transfer_loss(
+            self._maps(student_out), self._maps(teacher_out), self.graph,
+            self.options.gradient, self.options.backend)}
+
+    @classmethod
+    def search_space(cls, hp):
+        return {"weight": hp.Float("weight", 1e-2, 1e2, sampling="log", default=1.0),
+                "clip_scale": hp.Float("clip_scale", 0.1, 10.0, sampling="log", default=1.0)}

@@ -95,10 +95,10 @@ def write_history_csv(train_dir, rows):
 
 class RunCheckpoint(keras.callbacks.Callback):
     """Saves, with tf.train.CheckpointManager, what a run resumes from: the student, the
-    method's layers, the optimizer (with its step count), the student's and method's
-    random-generator states, the finished epochs, the run's history (every finished epoch's
-    logs: results.json and history.csv are built from it) and the metric states of an
-    unfinished epoch. All in one atomic save, at every epoch end, and after the current step
+    method's layers, the teacher when a stage trains it, the optimizer (with its step count),
+    the random-generator states of the networks it trains, the finished epochs, the run's
+    history (every finished epoch's logs: results.json and history.csv are built from it)
+    and the metric states of an unfinished epoch. All in one atomic save, at every epoch end, and after the current step
     when SIGINT or SIGTERM arrives (then it raises `Interrupted`; a second signal interrupts
     at once; see `signals_handled`). Together with the data stream, keyed by the global
     step, a run resumed from any of these checkpoints replays the uninterrupted one, its
@@ -116,11 +116,12 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.wall_time = tf.Variable(0.0, dtype=tf.float64, trainable=False)
         self.metric_states = [variable for metric in distiller.metrics
                               for variable in metric.variables]
+        trained_teacher = distiller.teacher if distiller.stage_plan.trains("teacher") else None
         self.checkpoint = tf.train.Checkpoint(
-            **trained_networks(distiller.student, distiller.method,
-                               distiller.teacher if distiller.stage_plan.trains("teacher") else None),
+            **trained_networks(distiller.student, distiller.method, trained_teacher),
             optimizer=distiller.optimizer,
-            random_states=random_states(distiller.student) + random_states(distiller.method),
+            random_states=random_states(distiller.student) + random_states(distiller.method) + (
+                [] if trained_teacher is None else random_states(trained_teacher)),
             epoch=self.epoch, history=self.history, wall_time=self.wall_time,
             metric_states=self.metric_states)
         directory = os.path.join(train_dir, CHECKPOINT_DIR)

@@ -12,7 +12,8 @@ Layout of a run directory (the run directory as a contract: README "When things 
   history.csv       one row per finished epoch, rewritten from the checkpoint
   student.keras     the final student, with its distillation taps
   student_export/   the inference-only SavedModel (logits, no taps)
-  results.json      last and best validation accuracy, epochs, wall time
+  results.json      last and best validation accuracy (and a teacher's the method trains
+                    alongside: trained_teacher_*), epochs, wall time
   teacher/          the teacher's own run, when it was trained here
 """
 import dataclasses
@@ -44,6 +45,8 @@ from sskd_tf.training.strategy import make_strategy
 from sskd_tf.training.teacher import run_teacher
 
 TEACHER_DIR = "teacher"
+# The history's column of a teacher trained with the student (train_step.teacher_metrics).
+TRAINED_TEACHER_ACCURACY = "val_teacher_accuracy"
 # What a run directory holds once a run has started in it (beside run.json).
 RUN_ENTRIES = (run_callbacks.CHECKPOINT_DIR, run_callbacks.HISTORY_FILE, RESULTS_FILE)
 
@@ -244,6 +247,9 @@ def _results(config, history, wall_time, teacher_accuracy, total_epochs):
             "checkpoints changed during the run?); results.json is not written; pass "
             "--overwrite to start over")
     val_accuracy = [float(row["val_accuracy"]) for row in history]
+    # A teacher the method's stages train (mutual learning): its own validation accuracy.
+    trained_teacher = [float(row[TRAINED_TEACHER_ACCURACY]) for row in history
+                       if TRAINED_TEACHER_ACCURACY in row]
     return {
         "method": config.method,
         "teacher": config.teacher if METHODS.get(config.method).needs_teacher else None,
@@ -256,6 +262,8 @@ def _results(config, history, wall_time, teacher_accuracy, total_epochs):
         "last_val_accuracy": val_accuracy[-1],
         "best_val_accuracy": max(val_accuracy),
         "teacher_val_accuracy": teacher_accuracy,
+        "trained_teacher_last_val_accuracy": trained_teacher[-1] if trained_teacher else None,
+        "trained_teacher_best_val_accuracy": max(trained_teacher) if trained_teacher else None,
         "wall_time_s": wall_time,
         "val_accuracy": val_accuracy,
     }
@@ -316,8 +324,13 @@ def format_results(results):
         ("last val accuracy", _percent(results["last_val_accuracy"])),
         ("best val accuracy", _percent(results["best_val_accuracy"])),
         ("teacher val accuracy", _percent(results["teacher_val_accuracy"])),
-        ("wall time", f"{results['wall_time_s']:.1f} s"),
     ]
+    if results.get("trained_teacher_last_val_accuracy") is not None:
+        rows += [("trained teacher last val accuracy",
+                  _percent(results["trained_teacher_last_val_accuracy"])),
+                 ("trained teacher best val accuracy",
+                  _percent(results["trained_teacher_best_val_accuracy"]))]
+    rows.append(("wall time", f"{results['wall_time_s']:.1f} s"))
     width = max(len(name) for name, _ in rows)
     lines = ["", "| " + "result".ljust(width) + " | value |", "|" + "-" * (width + 2) + "|-------|"]
     lines += [f"| {name.ljust(width)} | {value} |" for name, value in rows]

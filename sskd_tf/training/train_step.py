@@ -221,6 +221,12 @@ class _TrainStep(keras.Model):
         for name in ("loss", "ce_loss", "wd_loss", "kd_loss", "clip_ratio"):
             self.trackers[name] = keras.metrics.Mean(name=name)
         self.task_metrics = task_metrics(None)
+        # A teacher the stages train (mutual learning) reports its accuracy beside the
+        # student's: in training on the batches of the updates that train it, in evaluation
+        # on the evaluation data.
+        self.teacher_metrics = ([keras.metrics.SparseCategoricalAccuracy(name="teacher_accuracy")]
+                                if teacher_net is not None and self.stage_plan.trains("teacher")
+                                else [])
         self.trackers["skipped_steps"] = keras.metrics.Sum(name="skipped_steps")
         self.term_trackers = {}
         self.consecutive_skips = keras.Variable(
@@ -239,7 +245,7 @@ class _TrainStep(keras.Model):
 
     @property
     def metrics(self):
-        return (list(self.trackers.values()) + self.task_metrics
+        return (list(self.trackers.values()) + self.task_metrics + self.teacher_metrics
                 + list(self.term_trackers.values()))
 
     @property
@@ -302,7 +308,8 @@ class _TrainStep(keras.Model):
     def build(self, input_shape):
         """Run every part once on a small batch so that the method's auxiliary layers
         exist and its shape checks fail before training starts; then set every BN layer
-        that trains to `sync_batch_norm` (on one replica there is nothing to synchronise)."""
+        that trains (the teacher's when a stage trains it) to `sync_batch_norm` (on one
+        replica there is nothing to synchronise)."""
         if self.built:
             return
         images = tf.zeros([2] + list(input_shape[1:]))
@@ -312,6 +319,13 @@ class _TrainStep(keras.Model):
                        if self.method.needs_teacher else None)
         step_inputs = {"stage_epoch": tf.constant(0.0), "sample_indices": tf.zeros([2], tf.int64),
                        "second_view": images}
+        functions = [u.distillation for stage in self.stage_plan.stages for u in stage.updates
+                     if u.distillation is not None]
+        if functions and functions[0] != "call" and not self.method.built:
+            # A stage runs another of the method's functions first (an initialisation
+            # loss): its call, which Keras builds the method's layers on, comes before.
+            self.method(student_out, teacher_out, labels, training=False,
+                        **self._method_inputs(step_inputs))
         for stage in self.stage_plan.stages:
             for update in stage.updates:
                 if update.distillation is None:
@@ -320,7 +334,9 @@ class _TrainStep(keras.Model):
                                               **self._method_inputs(step_inputs))
                 for name in terms:
                     self.term_trackers.setdefault(name, keras.metrics.Mean(name=f"{name}_loss"))
-        synchronize_batch_norm([self._student_net, self.method],
+        trained = [part for part in ("student", "method", "teacher")
+                   if part != "teacher" or self.stage_plan.trains(part)]
+        synchronize_batch_norm(self._networks(trained),
                                self.sync_batch_norm and self._replicas() > 1)
         super().build(input_shape)
 
@@ -369,7 +385,8 @@ class _TrainStep(keras.Model):
         which summed over replicas give the global batch's (batch means are divided by
         the number of replicas, batch sums, method.reduction == "sum", are not); the
         regularisation `wd` of the networks the update trains depends on the weights only
-        and is the global value on every replica."""
+        and is the global value on every replica. Returns (student_out, teacher_out, ce, wd,
+        terms), teacher_out None when the update does not run the teacher."""
         replicas = self._replicas()
         # Under a mixed-precision policy the networks' outputs are float16/bfloat16: the
         # losses (and KD-SVD's decompositions) are computed in float32.
@@ -395,7 +412,7 @@ class _TrainStep(keras.Model):
                                           **self._method_inputs(step_inputs))
             if self.method.reduction == "mean":
                 terms = {name: value / replicas for name, value in terms.items()}
-        return student_out, ce, wd, terms
+        return student_out, teacher_out, ce, wd, terms
 
     def _gradients(self, update, tape, losses, variables, clip_epoch, total, scale=None):
         """(gradients, clip ratio, finite, summed) of the step (docs/method.md section 5,
@@ -547,27 +564,34 @@ class _TrainStep(keras.Model):
     def train_step(self, data):
         """One step of the current stage: its updates in order, each skipped (every
         variable it would change, the optimizer's included, untouched) when its loss or a
-        gradient is not finite; a step with a skipped update counts in `skipped_steps`."""
+        gradient is not finite; a step with a skipped update counts in `skipped_steps`.
+        The losses reported (`loss`, `ce_loss`, `wd_loss`, `kd_loss`, `clip_ratio`) and the
+        task metrics are those of the first update (the one that counts the step); every
+        update's terms are reported under their names, and a trained teacher's accuracy
+        is that of the last update that trains it."""
         stage = self.stage
         inputs, labels = data
         step_inputs = dict(inputs) if isinstance(inputs, dict) else {"images": inputs}
         views = (step_inputs.pop("images"), step_inputs.get("second_view"))
         epoch = self.epoch_cut.epoch_of(self.optimizer.iterations)
         step_inputs["stage_epoch"] = epoch - float(self.stage_plan.first_epoch(stage))
-        finite_step, reported = tf.constant(True), None
+        finite_step, outcomes = tf.constant(True), []
         for update in stage.updates:
-            outcome = self._update(update, views[update.view], labels, step_inputs)
-            finite_step = finite_step & outcome["finite"]
-            if reported is None:
-                reported = outcome
-            else:
-                reported["terms"] = {**reported["terms"], **outcome["terms"]}
+            outcomes.append(self._update(update, views[update.view], labels, step_inputs))
+            finite_step = finite_step & outcomes[-1]["finite"]
         self.consecutive_skips.assign(tf.where(finite_step, 0, self.consecutive_skips + 1))
         # A Sum metric adds up the replicas: each counts its share of the step.
         self.trackers["skipped_steps"].update_state(
             (1.0 - tf.cast(finite_step, tf.float32)) / self._replicas())
-        self._update_metrics(labels, reported["logits"], reported["ce"], reported["wd"],
-                             reported["terms"], reported["clip_ratio"], finite_step)
+        first = outcomes[0]
+        terms = {name: value for outcome in outcomes for name, value in outcome["terms"].items()}
+        self._update_metrics(labels, first["logits"], first["ce"], first["wd"], first["terms"],
+                             terms, first["clip_ratio"], finite_step)
+        teacher_logits = [o["teacher_logits"] for o in outcomes if o["teacher_logits"] is not None]
+        if self.teacher_metrics and teacher_logits:
+            weight = tf.fill(tf.shape(labels)[:1], tf.cast(finite_step, tf.float32))
+            for metric in self.teacher_metrics:
+                metric.update_state(labels, teacher_logits[-1], sample_weight=weight)
         return self._logs({m.name: m.result() for m in self.metrics})
 
     def _update(self, update, images, labels, step_inputs):
@@ -578,8 +602,8 @@ class _TrainStep(keras.Model):
         snapshot = [tf.identity(v.value) for v in state]
         frozen_values = [tf.identity(v.value) for v in frozen]
         with tf.GradientTape(persistent=True) as tape:
-            student_out, ce, wd, terms = self._forward_losses(images, labels, update,
-                                                              step_inputs)
+            student_out, teacher_out, ce, wd, terms = self._forward_losses(
+                images, labels, update, step_inputs)
             kd = tf.add_n(list(terms.values())) if terms else tf.constant(0.0)
             task = ce if update.task else tf.constant(0.0)
             total = task + wd / self._replicas() + kd
@@ -595,7 +619,9 @@ class _TrainStep(keras.Model):
         self._keep_if(finite, state, snapshot)
         for variable, value in zip(frozen, frozen_values):
             variable.assign(value)
+        trained_teacher = teacher_out is not None and "teacher" in update.trains
         return {"finite": finite, "logits": None if student_out is None else student_out["logits"],
+                "teacher_logits": teacher_out["logits"] if trained_teacher else None,
                 "ce": ce, "wd": wd, "terms": terms, "clip_ratio": clip_ratio}
 
     def _update_loss_scale(self, finite):
@@ -609,10 +635,11 @@ class _TrainStep(keras.Model):
             tf.maximum(self.loss_scale / 2.0, 1.0)))
         self.finite_in_a_row.assign(tf.where(finite & ~grown, self.finite_in_a_row + 1, 0))
 
-    def _update_metrics(self, labels, logits, ce, wd, terms, clip_ratio, finite):
+    def _update_metrics(self, labels, logits, ce, wd, kd_terms, terms, clip_ratio, finite):
         """Report global-batch values of the finite steps: the Mean metrics average
         over replicas, so the replicas' shares are multiplied back by the number of
-        replicas (`wd` is the global value already)."""
+        replicas (`wd` is the global value already). `kd_terms` make `kd_loss`; each of
+        `terms` has its own tracker."""
         replicas = float(self._replicas())
         weight = tf.cast(finite, tf.float32)
 
@@ -621,7 +648,8 @@ class _TrainStep(keras.Model):
 
         terms = {name: value * replicas for name, value in terms.items()}
         ce = tf.constant(0.0) if ce is None else ce * replicas
-        kd = tf.add_n(list(terms.values())) if terms else tf.constant(0.0)
+        kd = tf.add_n([value * replicas for value in kd_terms.values()]) if kd_terms else \
+            tf.constant(0.0)
         track(self.trackers["ce_loss"], ce)
         track(self.trackers["wd_loss"], wd)
         track(self.trackers["kd_loss"], kd)
@@ -635,6 +663,8 @@ class _TrainStep(keras.Model):
             track(self.term_trackers[name], value)
 
     def test_step(self, data):
+        """The student's loss and task metrics on a batch, and the accuracy of a teacher
+        the stages train (`teacher_accuracy`; in inference mode, as the student)."""
         images, labels = data
         logits = self._student_net(images, training=False)["logits"]
         ce = self.cross_entropy(labels, logits) / tf.cast(tf.shape(labels)[0], tf.float32)
@@ -642,8 +672,13 @@ class _TrainStep(keras.Model):
         self.trackers["loss"].update_state(ce)
         for metric in self.task_metrics:
             metric.update_state(labels, logits)
+        if self.teacher_metrics:
+            teacher_logits = self._teacher_net(images, training=False)["logits"]
+            for metric in self.teacher_metrics:
+                metric.update_state(labels, teacher_logits)
         results = {"loss": self.trackers["loss"].result()}
-        results.update({metric.name: metric.result() for metric in self.task_metrics})
+        results.update({metric.name: metric.result()
+                        for metric in self.task_metrics + self.teacher_metrics})
         return self._logs(results)
 
 
