@@ -366,13 +366,13 @@ class CRD(DistillationMethod):
         return self.options.ce_weight
 
     def prepare(self, teacher, train_ds):
-        labels = training_labels(train_ds)
-        if self.built and (self.train_labels is None or len(labels) != len(self.train_labels)):
-            raise UserError(f"CRD was built for {self.num_data} training examples and then "
-                            f"given data of {len(labels)}")
-        if self.train_labels is None or not np.array_equal(labels, self.train_labels):
-            self.train_labels = labels
-            self.sampler = ContrastSampler(labels, self.options.num_negatives)
+        """Read the training set's labels by index from `train_ds` (finite: it is read to
+        its end), once: a method prepared already keeps its labels (the Distiller's `fit`
+        prepares again, on the run's endless stream)."""
+        if self.train_labels is not None:
+            return
+        self.train_labels = training_labels(train_ds)
+        self.sampler = ContrastSampler(self.train_labels, self.options.num_negatives)
 
     @property
     def num_data(self):
