@@ -41,11 +41,22 @@ features are `feat[-1]` of both networks' `forward(is_feat=True)`, the pooled ve
 the classifier (the `pool` layer of sskd_tf's crd: networks), the teacher's in eval mode;
 the embedding heads get the run's weight decay (they are in the optimizer's parameters).
 
+The method `crd` (class `CRD`): CE 1 + 0.8 CRD by default, the README's CRD row (`-a 0`);
+`kd_weight=1` adds RepDistiller's DistillKL (T 4, times T^2) for CRD+KD. The 0.9 KD / 0.1 CE
+pair of `train_student.py`'s scripts is its KD row (`-r 0.1 -a 0.9 -b 0`), not CRD's. It
+embeds the last tap, averaged over space when it is a map (the crd: ResNets' `pool`). The
+older stored RepDistiller revision tests `opt.distill in ['contrast']` where the flag says
+`crd` (so it never builds the sampling loader for CRD); the later revisions, followed here,
+test `crd`. The method runs on one replica only (`refuse_replicas`).
+
 What the data pipeline gives every training batch: `sample_indices` [B], each example's
 position in the training set (the order of the labels given to `ContrastSampler`, before
 shuffling), and `contrast_indices` [B, K + 1] = `ContrastSampler(...)(sample_indices, seed)`
 with a per-step seed; every index at most once a batch (the memory update of a repeated index
-keeps one of its writes); n_data is the size of that training set.
+keeps one of its writes); n_data is the size of that training set. The method draws the
+contrast indices itself, in the step, from the batch's `sample_indices` and the seed (first
+seed, step count) it keeps as a non-trainable weight, after reading the training labels by
+index in `prepare`.
 """
 import dataclasses
 import math
