@@ -134,7 +134,8 @@ class DistillerHyperModel(kt.HyperModel):
         if teacher is not None and not method.pretrained_teacher:  # each trial trains its own
             teacher = fresh_teacher(self.config, self.data.info.num_classes,
                                     self.data.info.image_shape)
-        method.prepare(teacher, self._stream(0).take(self.cut.first_step(1)))
+        method.prepare(teacher, self._stream(0, method.batch_inputs())
+                       .take(self.cut.first_step(1)))
         return build_distiller(self.config, method, teacher, student, self.cut)
 
     def fit(self, hp, model, epochs=1, initial_epoch=0, callbacks=(), verbose=1, **kwargs):

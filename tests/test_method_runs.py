@@ -49,15 +49,16 @@ def test_each_method_trains_its_own_terms_in_a_traced_step(method):
     labels = tf.constant(rng.integers(0, 5, size=6))
     student, teacher = _toy(1), _toy(2)
     built = build_method(method)
+    inputs = {"images": images, "sample_indices": tf.range(6, dtype=tf.int64),
+              "second_view": images[::-1]}
+    batch = ({name: inputs[name] for name in ("images",) + built.batch_inputs()}
+             if built.batch_inputs() else images)
+    built.prepare(teacher, tf.data.Dataset.from_tensors((batch, labels)))  # as a run does
     distiller = Distiller(teacher if built.needs_teacher else None, student, loss_of(built),
                           steps_in_epoch=1)
     distiller.build((None, 8, 8, 3))
     distiller.compile(optimizer=keras.optimizers.SGD(0.05))
     distiller.optimizer.build(distiller.trainable_variables)
-    inputs = {"images": images, "sample_indices": tf.range(6, dtype=tf.int64),
-              "second_view": images[::-1]}
-    batch = ({name: inputs[name] for name in ("images",) + built.batch_inputs()}
-             if built.batch_inputs() else images)
     for stage in distiller.stage_plan.stages:
         distiller.select_stage(distiller.stage_plan.first_epoch(stage))
         trained = [w for network in distiller._networks(stage.trains)

@@ -97,8 +97,10 @@ class DistillationMethod(keras.layers.Layer):
         return tuple(inputs)
 
     def prepare(self, teacher, train_ds):
-        """Hook run once before training, after the teacher is ready (e.g. to
-        estimate a projection from the teacher's features). Default: nothing."""
+        """Hook run once before training, after the teacher is ready and before the method
+        is built (e.g. to estimate a projection from the teacher's features, or to read the
+        training set's labels by index). `train_ds`: the first epoch's training batches as
+        the step gets them, its `batch_inputs()` included. Default: nothing."""
 
     def jit_advice(self):
         """A note for runs that XLA-compile the train step (`--jit`) when part of

@@ -41,19 +41,35 @@ features are `feat[-1]` of both networks' `forward(is_feat=True)`, the pooled ve
 the classifier (the `pool` layer of sskd_tf's crd: networks), the teacher's in eval mode;
 the embedding heads get the run's weight decay (they are in the optimizer's parameters).
 
+The method `crd` (class `CRD`): CE 1 + 0.8 CRD by default, the README's CRD row (`-a 0`);
+`kd_weight=1` adds RepDistiller's DistillKL (T 4, times T^2) for CRD+KD. The 0.9 KD / 0.1 CE
+pair of `train_student.py`'s scripts is its KD row (`-r 0.1 -a 0.9 -b 0`), not CRD's. It
+embeds the last tap, averaged over space when it is a map (the crd: ResNets' `pool`). The
+older stored RepDistiller revision tests `opt.distill in ['contrast']` where the flag says
+`crd` (so it never builds the sampling loader for CRD); the later revisions, followed here,
+test `crd`. The method runs on one replica only (`refuse_replicas`).
+
 What the data pipeline gives every training batch: `sample_indices` [B], each example's
 position in the training set (the order of the labels given to `ContrastSampler`, before
 shuffling), and `contrast_indices` [B, K + 1] = `ContrastSampler(...)(sample_indices, seed)`
 with a per-step seed; every index at most once a batch (the memory update of a repeated index
-keeps one of its writes); n_data is the size of that training set.
+keeps one of its writes); n_data is the size of that training set. The method draws the
+contrast indices itself, in the step, from the batch's `sample_indices` and the seed (first
+seed, step count) it keeps as a non-trainable weight, after reading the training labels by
+index in `prepare`.
 """
+import dataclasses
 import math
 
 import keras
 import numpy as np
 import tensorflow as tf
 
+from sskd_tf.distill.base import METHODS, DistillationMethod
+from sskd_tf.distill.options import MethodOptions, option
+from sskd_tf.distill.soft_logits import soft_logits_loss
 from sskd_tf.errors import UserError
+from sskd_tf.models.common import l2_decay
 from sskd_tf.models.crd.layers import default_uniform
 
 EMBEDDING_DIM = 128
@@ -61,6 +77,9 @@ NUM_NEGATIVES = 16384
 NCE_TEMPERATURE = 0.07
 NCE_MOMENTUM = 0.5
 EPSILON = 1e-7
+CRD_WEIGHT = 0.8
+KD_TEMPERATURE = 4.0
+EMBEDDING_WEIGHT_DECAY = 5e-4
 
 
 class CRDEmbedding(keras.layers.Layer):
@@ -258,3 +277,164 @@ class ContrastSampler:
                                  positions)
         negatives = tf.gather(pools, positions, batch_dims=1)
         return tf.concat([sample_indices[:, None], negatives], axis=1)
+
+
+def pooled(features):
+    """The [B, D] vector CRD embeds from a tap: a 2-D tap as it is, a feature map averaged over
+    its spatial axes (for the crd: ResNets, whose last tap is the last stage's post-ReLU map,
+    this is their `pool` vector, RepDistiller's `feat[-1]`)."""
+    rank = features.shape.rank
+    if rank == 2:
+        return features
+    if rank == 4:
+        return tf.reduce_mean(features, axis=[1, 2])
+    raise UserError(f"CRD embeds a [batch, width] vector or a [batch, H, W, C] map, got a tap "
+                    f"of shape {tuple(features.shape)}")
+
+
+def training_labels(train_ds):
+    """The label of every training example by its index, from batches that carry
+    `sample_indices` ({"images", "sample_indices", ...}, labels): an int64 array of the
+    training set's size (the largest index + 1). Every index must appear."""
+    found = {}
+    for inputs, labels in train_ds:
+        if not isinstance(inputs, dict) or "sample_indices" not in inputs:
+            raise UserError("CRD draws its negatives from the training set's indices: its data "
+                            "must carry them, ({'images': ..., 'sample_indices': ...}, labels)")
+        found.update(zip(inputs["sample_indices"].numpy().tolist(),
+                         np.asarray(labels).reshape(-1).tolist()))
+    if not found:
+        raise UserError("CRD found no training batch to read the training set's labels from")
+    count = max(found) + 1
+    missing = count - len(found)
+    if missing or min(found) < 0:
+        raise UserError(f"CRD needs the label of every training example: {missing} of the "
+                        f"indices 0-{count - 1} are not in the data it was prepared with")
+    return np.array([found[index] for index in range(count)], np.int64)
+
+
+def refuse_replicas():
+    """CRD under one replica only. Its memory banks and Z are written in the step from the
+    batch's embeddings (a scatter of the batch's rows, Z from the first batch's mean): under
+    several replicas each would write its own copy from its share of the batch, so the banks
+    would hold a different history on each and Z the first share's mean, and RepDistiller's
+    update has no defined all-replica form to follow."""
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    if replicas > 1:
+        raise UserError(f"crd runs on one replica only (its memory banks are written per step "
+                        f"and cannot be kept in sync), not {replicas}: use --strategy=default")
+
+
+@dataclasses.dataclass(frozen=True)
+class CRDOptions(MethodOptions):
+    weight: float = option(CRD_WEIGHT, "weight of the CRD term (RepDistiller's -b 0.8)",
+                           at_least=0)
+    kd_weight: float = option(0.0, "weight of RepDistiller's KD term (DistillKL: T^2 times the "
+                                   "KL at kd_temperature) beside CRD: 0, CRD (-a 0); 1, CRD+KD",
+                              at_least=0)
+    kd_temperature: float = option(KD_TEMPERATURE, "temperature of the KD term (RepDistiller's "
+                                                   "--kd_T 4)", at_least=1e-12)
+    ce_weight: float = option(1.0, "weight of the task loss (RepDistiller's -r 1)", at_least=0)
+    feature_dim: int = option(EMBEDDING_DIM, "width of the embeddings (--feat_dim 128)",
+                              at_least=1)
+    num_negatives: int = option(NUM_NEGATIVES, "negatives per sample, from the other classes "
+                                               "(--nce_k 16384)", at_least=1)
+    nce_temperature: float = option(NCE_TEMPERATURE, "temperature of the scores (--nce_t 0.07)",
+                                    at_least=1e-12)
+    nce_momentum: float = option(NCE_MOMENTUM, "momentum of the memory update (--nce_m 0.5)",
+                                 at_least=0)
+    embedding_weight_decay: float = option(
+        EMBEDDING_WEIGHT_DECAY, "weight decay of the two embedding heads, PyTorch's (gradient "
+        "wd * w; RepDistiller's optimizer decays them with the student, 5e-4)", at_least=0)
+
+
+@METHODS.register("crd")
+class CRD(DistillationMethod):
+    """Contrastive representation distillation (Tian et al., ICLR 2020): the student's and the
+    teacher's pooled last features, embedded by heads of the method's own, are told apart from
+    K negatives of other classes held in two memory banks (RepDistiller's `CRDLoss`), weighted
+    by `weight` beside the task loss at `ce_weight` (and KD at `kd_weight`). Reads the last tap
+    and the batch's `sample_indices`; `prepare(teacher, data)` must see the training set's
+    labels by index before the method is built (the run does it)."""
+
+    Options = CRDOptions
+    library_name = "CRDDistillation"
+    reads = "features"
+    min_taps = 1
+    recipe = "crd2020"
+    step_inputs = ("sample_indices",)
+
+    def __init__(self, name=None, **options):
+        super().__init__(name=name, **options)
+        refuse_replicas()
+        self.train_labels = None
+        # Drawn from the global generators, so fixed by the run's seed (keras.utils.
+        # set_random_seed); checkpointed with the draw count, so a resumed run keeps it.
+        self._first_seed = int(np.random.randint(0, 2**31 - 1))
+
+    @property
+    def task_weight(self):
+        return self.options.ce_weight
+
+    def prepare(self, teacher, train_ds):
+        """Read the training set's labels by index from `train_ds` (finite: it is read to
+        its end), once: a method prepared already keeps its labels (the Distiller's `fit`
+        prepares again, on the run's endless stream)."""
+        if self.train_labels is not None:
+            return
+        self.train_labels = training_labels(train_ds)
+        self.sampler = ContrastSampler(self.train_labels, self.options.num_negatives)
+
+    @property
+    def num_data(self):
+        return None if self.train_labels is None else len(self.train_labels)
+
+    def build(self, student_out_shape, teacher_out_shape):
+        refuse_replicas()
+        if self.train_labels is None:
+            raise UserError("CRD must see its training data before it is built: call "
+                            "method.prepare(teacher, data) with batches carrying "
+                            "sample_indices first")
+        shapes = []
+        for side, out_shape in (("student", student_out_shape), ("teacher", teacher_out_shape)):
+            tap = tuple(out_shape["features"][-1])
+            if len(tap) not in (2, 4):
+                raise UserError(f"CRD embeds the {side}'s last tap, of shape {tap}: it needs "
+                                "[batch, width] or [batch, H, W, C]")
+            shapes.append((tap[0], tap[-1]))
+        options = self.options
+        self.criterion = CRDCriterion(
+            self.num_data, options.feature_dim, options.nce_temperature, options.nce_momentum,
+            l2_decay(options.embedding_weight_decay), seed=self._first_seed, name="criterion")
+        self.criterion.student_embedding.build(shapes[0])
+        self.criterion.teacher_embedding.build(shapes[1])
+        self.criterion.built = True
+        # The stateless seed of step n's negatives is (first seed, n): a resumed run restores
+        # both and draws what the uninterrupted one drew.
+        self.draw_seed = self.add_weight(
+            shape=(2,), dtype="int64", trainable=False, name="draw_seed",
+            initializer=keras.initializers.Constant([self._first_seed, 0]))
+
+    def call(self, student_out, teacher_out, labels, training=False, sample_indices=None):
+        if sample_indices is None:
+            raise UserError("CRD needs each example's index in the training set "
+                            "(the step input sample_indices)")
+        sample_indices = tf.cast(tf.reshape(sample_indices, [-1]), tf.int64)
+        seed = self.draw_seed.value
+        contrast_indices = self.sampler(sample_indices, seed)
+        if training:
+            self.draw_seed.assign(seed + tf.constant([0, 1], tf.int64))
+        student_features = pooled(student_out["features"][-1])
+        teacher_features = pooled(teacher_out["features"][-1])
+        loss = self.criterion(student_features, teacher_features, sample_indices,
+                              contrast_indices, training=training)
+        terms = {"crd": self.options.weight * loss}
+        if self.options.kd_weight:
+            terms["kd"] = self.options.kd_weight * soft_logits_loss(
+                student_out["logits"], teacher_out["logits"], self.options.kd_temperature,
+                scale_by_t_squared=True)
+        return terms
+
+    @classmethod
+    def search_space(cls, hp):
+        return {"weight": hp.Float("weight", 0.1, 5.0, sampling="log", default=CRD_WEIGHT)}

@@ -29,9 +29,21 @@ wrn_40_2 -> wrn_16_2 6, wrn_40_2 -> wrn_40_1 6, vgg13 -> MobileNetV2 6,
 res32x4 -> ShuffleV1 8, res32x4 -> ShuffleV2 8, ResNet50 -> MobileNetV2 8,
 wrn_40_2 -> ShuffleV1 8; RepDistiller's recipe otherwise (lr 0.01 for MobileNetV2 and
 ShuffleNet students). With logit standardization see `logit_standardization.py`.
+
+The method `dkd` (class `DKD`) is this loss with those settings: alpha 1, beta 8 (the
+res32x4 -> res8x4 value; other pairs: `--method_options=beta=...` from the list above),
+T 4, a 20-epoch warm-up read from the step's `stage_epoch`, CE weight 1, and
+RepDistiller's recipe (`crd2020`) unless another is given. `logit_standardization=True`
+standardizes both networks' logits first (the anchors' DKD + LS also sets alpha 9,
+beta 72, temperature 2: see `logit_standardization.py`).
 """
+import dataclasses
+
 import tensorflow as tf
 
+from sskd_tf.distill.base import METHODS, DistillationMethod
+from sskd_tf.distill.logit_standardization import standardize_logits
+from sskd_tf.distill.options import MethodOptions, option
 from sskd_tf.errors import UserError
 
 TARGET_MASK_VALUE = 1000.0
@@ -95,3 +107,61 @@ def dkd_warmup_factor(epoch, warmup):
     if not warmup > 0:
         raise UserError(f"the DKD warm-up must be a positive number of epochs, got {warmup!r}")
     return tf.minimum((tf.cast(epoch, tf.float32) + 1.0) / float(warmup), 1.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DKDOptions(MethodOptions):
+    alpha: float = option(1.0, "weight of TCKD, the target-class term (mdistiller's 1)",
+                          at_least=0)
+    beta: float = option(8.0, "weight of NCKD, the non-target term (mdistiller's 8 for "
+                              "res32x4 -> res8x4; its configs/cifar100/dkd/ give each pair's)",
+                         at_least=0)
+    temperature: float = option(4.0, "softmax temperature T (mdistiller's 4)", at_least=1e-12)
+    warmup: int = option(20, "epochs over which the DKD term ramps up linearly, min((epoch + 1) "
+                             "/ warmup, 1) with 0-based epochs (mdistiller's 20); 0: none",
+                         at_least=0)
+    logit_standardization: bool = option(
+        False, "Z-score both networks' logits before the loss (Sun et al., CVPR 2024)")
+    ce_weight: float = option(1.0, "weight of the task loss (mdistiller's CE_WEIGHT 1.0)",
+                              at_least=0)
+
+
+@METHODS.register("dkd")
+class DKD(DistillationMethod):
+    """Decoupled knowledge distillation (Zhao et al., CVPR 2022): alpha TCKD + beta NCKD at
+    `temperature`, times the warm-up factor of the epoch (of its stage), beside the task
+    loss at `ce_weight`; with `logit_standardization`, on Z-scored logits (Sun et al., CVPR
+    2024). Reads the networks' outputs (logits) and the labels."""
+
+    Options = DKDOptions
+    library_name = "DKDDistillation"
+    reads = "logits"
+    min_taps = 0
+    recipe = "crd2020"
+    step_inputs = ("stage_epoch",)
+
+    @property
+    def task_weight(self):
+        return self.options.ce_weight
+
+    def warmup_factor(self, stage_epoch):
+        """The DKD term's factor at the 0-based `stage_epoch` (1 without warm-up)."""
+        if not self.options.warmup:
+            return tf.constant(1.0)
+        return dkd_warmup_factor(stage_epoch, self.options.warmup)
+
+    def call(self, student_out, teacher_out, labels, training=False, stage_epoch=None):
+        student, teacher = student_out["logits"], teacher_out["logits"]
+        if self.options.logit_standardization:
+            student, teacher = standardize_logits(student), standardize_logits(teacher)
+        loss = dkd_loss(student, teacher, labels, self.options.alpha, self.options.beta,
+                        self.options.temperature)
+        factor = tf.constant(1.0) if stage_epoch is None else self.warmup_factor(stage_epoch)
+        return {"dkd": tf.cast(factor, loss.dtype) * loss}
+
+    @classmethod
+    def search_space(cls, hp):
+        return {
+            "beta": hp.Float("beta", 1.0, 16.0, sampling="log", default=8.0),
+            "temperature": hp.Float("temperature", 1.0, 8.0, default=4.0),
+        }

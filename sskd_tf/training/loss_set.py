@@ -143,10 +143,24 @@ class LossSet(DistillationMethod):
 
     def prepare(self, teacher, train_ds):
         for method, (teacher_route, _) in zip(self.methods, self.routes):
-            method.prepare(_TapSelection(teacher, teacher_route), train_ds)
+            method.prepare(_TapSelection(teacher, teacher_route),
+                           _batches_of(train_ds, method.batch_inputs()))
 
     def jit_advice(self):
         return "; ".join(advice for advice in (m.jit_advice() for m in self.methods) if advice)
+
+
+def _batches_of(train_ds, inputs):
+    """The batches of `train_ds` with only the batch inputs `inputs` of one method of a
+    LossSet (its images alone when it reads none): each method's `prepare` sees the batches
+    it would see alone."""
+    spec = train_ds.element_spec if isinstance(train_ds, tf.data.Dataset) else None
+    if not (isinstance(spec, tuple) and isinstance(spec[0], dict)):
+        return train_ds
+    if not inputs:
+        return train_ds.map(lambda batch, labels: (batch["images"], labels))
+    return train_ds.map(lambda batch, labels: (
+        {name: batch[name] for name in ("images",) + tuple(inputs)}, labels))
 
 
 def _unique(name, taken):

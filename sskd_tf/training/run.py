@@ -290,7 +290,8 @@ def _train_in(config, record):
                                                     weights_path, data.validation,
                                                     data.info.image_shape)
             student = build_student(config, data.info)
-        method.prepare(teacher, data.training(0, cut.full_batches).take(cut.first_step(1)))
+        method.prepare(teacher, data.training(0, cut.full_batches, method.batch_inputs())
+                       .take(cut.first_step(1)))
         distiller = build_distiller(config, method, teacher, student, cut)
     total_epochs = method.stage_plan().total_epochs(config.epochs)
     checkpoint = run_callbacks.RunCheckpoint(config.train_dir, distiller, cut, total_epochs)
