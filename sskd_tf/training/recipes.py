@@ -10,7 +10,7 @@ DEFAULT_RECIPE = "kd_methods"
 # The optimizers of training/optimizers.py and the epoch cuts of training/schedule.py,
 # named here free of TensorFlow for the flags.
 OPTIMIZER_NAMES = ("tf1_momentum", "keras_sgd")
-EPOCH_CUTS = ("kd_methods", "eccv2018", "kd_tf2", "pass")
+EPOCH_CUTS = ("kd_methods", "eccv2018", "pass")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,12 +74,14 @@ RECIPES.register("crd2020", Recipe(
 # Knowledge_distillation_via_TF2.0 `train_w_distillation.py` and `op_util.py` (its CO result,
 # WRN-40-4 -> WRN-16-4): Keras' SGD(0.1, 0.9, nesterov=True), lr x0.2 (its --decay_rate) from
 # the 0-based epochs int(100 p), p in (0.3, 0.6, 0.8), set at each epoch's start; weight_decay
-# * v added to the gradient of every trainable variable (the L2 losses wd * sum(w^2) / 2 the
-# wrn networks and the methods' layers attach to theirs); batch 128 with the remainder
-# dropped, int(N / B) steps an epoch (epoch cut kd_tf2); validation at batch 200.
+# * v added to the gradient of every trainable variable (the gradient of the L2 losses
+# wd * sum(w^2) / 2 that the wrn networks and the methods' layers attach to all of theirs);
+# each epoch one pass of batches of 128 whose last is partial (`batch` keeps the remainder:
+# epoch cut "pass"); validation in batches of 200. Its shuffle draws from a 12,800-image
+# buffer, not the whole set; this port shuffles the whole set.
 RECIPES.register("kd_tf2", Recipe(
     learning_rate=0.1, batch_size=128, epochs=100, lr_decay_points=(0.3, 0.6, 0.8),
-    lr_decay_rate=0.2, weight_decay=5e-4, optimizer="keras_sgd", epoch_cut="kd_tf2",
+    lr_decay_rate=0.2, weight_decay=5e-4, optimizer="keras_sgd", epoch_cut="pass",
 ))
 
 

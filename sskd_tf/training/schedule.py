@@ -13,11 +13,6 @@ authors' two training scripts cut differently, and `EpochCut` reproduces each
 - "eccv2018" (SSKD_SVD `train.py`): the same stream of full batches; the epoch of step i is
   floor(i / int(N / B)) (390 steps an epoch on CIFAR) and the run lasts int(E N / B) steps
   (78,125 for E = 200: 125 steps past the 200th epoch of 390).
-- "kd_tf2" (Knowledge_distillation_via_TF2.0 `train_w_distillation.py`): epochs of
-  int(N / B) full batches (each of its epochs one shuffled pass, the last partial batch
-  dropped; here the full-batch stream, whose epochs differ only in which N mod B images
-  wait for the next one); the epoch of step i is floor(i / int(N / B)) and the run lasts
-  E int(N / B) steps (39,000 for E = 100 on CIFAR).
 - "pass": one pass over the training set an epoch, ceil(N / B) steps whose last batch is
   partial (E ceil(N / B) steps): the cut of this port's earlier versions, and of the
   library when it is given a number of steps an epoch.
@@ -63,8 +58,8 @@ class EpochCut:
 
     @property
     def _steps_per_epoch(self):
-        """The fixed length of an epoch of the "eccv2018", "kd_tf2" and "pass" cuts."""
-        if self.kind in ("eccv2018", "kd_tf2"):
+        """The fixed length of an epoch of the "eccv2018" and "pass" cuts."""
+        if self.kind == "eccv2018":
             return max(1, self.num_train // self.batch_size)
         return math.ceil(self.num_train / self.batch_size)
 
