@@ -13,8 +13,10 @@ from relational_reference import (assert_directional_derivatives, float64_layers
                                   post_relu_taps, randomise_affine_weights)
 from sskd_tf import losses
 from sskd_tf.distill import METHODS
+from sskd_tf.distill.co import tap_batch_norms
 from sskd_tf.errors import UserError
 from sskd_tf.training.distiller import Distiller
+from sskd_tf.training.loss_set import _TapSelection
 from test_ab_loss import reference_connected as ab_connected
 from test_ab_loss import reference_tap_loss as ab_tap_loss
 from test_co_loss import reference_connected as co_connected
@@ -211,6 +213,8 @@ def test_co_prepares_its_margins_from_the_teacher_and_matches_the_transcription(
     students = [rng.normal(size=t.shape[:3] + (w,)) for t, w in zip(teachers, STUDENT_WIDTHS)]
     method = built_method(losses.CODistillation, students, teachers)
     assert method.recipe == "kd_tf2" and method.gradient_rule == "sum"
+    # A loss of a LossSet sees some taps only: its prepare finds their batch norms.
+    assert tap_batch_norms(_TapSelection(teacher, (2, 0))) == [batch_norms[2], batch_norms[0]]
     method.prepare(teacher, None)
     margins = [reference_margin(layer.gamma.numpy(), layer.beta.numpy()) for layer in batch_norms]
     assert [w.path for w in method.non_trainable_weights if "margin" in w.path] == [
