@@ -13,7 +13,10 @@ flags.DEFINE_enum("recipe", None, RECIPES.names(),
                   "eccv2018: SSKD_SVD (lr 0.01, 200 epochs, wd 1e-4, rotation augmentation); "
                   "crd2020: RepDistiller, the CRD benchmark (lr 0.05, 0.01 for crd:MobileNetV2 "
                   "and the crd:ShuffleV1/V2; 240 epochs of batch 64, wd 5e-4, momentum without "
-                  "Nesterov). Default: the method's own (eccv2018 for svd_eccv), else kd_methods.")
+                  "Nesterov); kd_tf2: Knowledge_distillation_via_TF2.0 (lr 0.1 x0.2 at 30/60/80 of "
+                  "100 epochs, wd 5e-4 on every variable, Keras' SGD, one pass an epoch). "
+                  "Default: the method's own (eccv2018 for svd_eccv, kd_tf2 for co), else "
+                  "kd_methods.")
 flags.DEFINE_enum("epoch_cut", None, EPOCH_CUTS,
                   "How steps make epochs (recipe: its own). kd_methods: full batches across "
                   "passes, epoch floor(step*B/N), int(E*N/B)+1 steps; eccv2018: full batches, "
@@ -28,12 +31,12 @@ flags.DEFINE_float("learning_rate", None,
 flags.DEFINE_list("lr_decay_points", None,
                   "Fractions of the epochs at which the learning rate decays, each strictly "
                   "between 0 and 1, increasing (recipe: 0.3,0.6,0.8).")
-flags.DEFINE_float("lr_decay_rate", None, "Learning-rate factor at each decay point (recipe: 0.1).",
+flags.DEFINE_float("lr_decay_rate", None, "Learning-rate factor at each decay point (recipe: 0.1; kd_tf2: 0.2).",
                    lower_bound=0.0)
 flags.DEFINE_float("weight_decay", None, "L2 weight decay (recipe: 5e-4 / 1e-4 / 5e-4).",
                    lower_bound=0.0)
 flags.DEFINE_enum("optimizer", None, OPTIMIZER_NAMES,
-                  "tf1_momentum (recipe): TF1's MomentumOptimizer with Nesterov, whose momentum "
+                  "tf1_momentum (recipe; kd_tf2: keras_sgd): TF1's MomentumOptimizer with Nesterov, whose momentum "
                   "accumulates gradients; keras_sgd: Keras' SGD, whose velocity carries the old "
                   "learning rate for ~10 steps after each decay.")
 flags.DEFINE_string("teacher_weights", None,

@@ -40,14 +40,35 @@ def _toy(seed, widths=(4, 8, 8)):
     return keras.Model(inputs, {"logits": logits, "features": taps})
 
 
+def _pre_activation_toy(seed, widths=(4, 8, 8)):
+    """`_toy` with a batch norm before each ReLU, whose output is the tap."""
+    initializer = keras.initializers.RandomNormal(stddev=0.3, seed=seed)
+    x = inputs = keras.Input((8, 8, 3))
+    taps = []
+    for width, stride in zip(widths, (1, 2, 2)):
+        x = keras.layers.BatchNormalization()(keras.layers.Conv2D(
+            width, 3, strides=stride, padding="same", kernel_initializer=initializer)(x))
+        taps.append(x)
+        x = keras.layers.ReLU()(x)
+    logits = keras.layers.Dense(5, kernel_initializer=initializer)(
+        keras.layers.GlobalAveragePooling2D()(x))
+    return keras.Model(inputs, {"logits": logits, "features": taps})
+
+
+# The toy networks of the methods that read other taps than `_toy`'s post-ReLU maps.
+TOYS = {"co": _pre_activation_toy}
+
+
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_each_method_trains_its_own_terms_in_a_traced_step(method):
-    """One traced step of each of the method's stages: the terms the stage computes are
-    positive and finite, and what it trains moves."""
+    """One traced step of each of the method's stages, after the method's `prepare` (as
+    `fit` runs it): the terms the stage computes are positive and finite, and what it
+    trains moves."""
     rng = np.random.default_rng(0)
     images = tf.constant(rng.normal(size=(6, 8, 8, 3)), tf.float32)
     labels = tf.constant(rng.integers(0, 5, size=6))
-    student, teacher = _toy(1), _toy(2)
+    toy = TOYS.get(method, _toy)
+    student, teacher = toy(1), toy(2)
     built = build_method(method)
     inputs = {"images": images, "sample_indices": tf.range(6, dtype=tf.int64),
               "second_view": images[::-1]}
@@ -57,6 +78,8 @@ def test_each_method_trains_its_own_terms_in_a_traced_step(method):
     distiller = Distiller(teacher if built.needs_teacher else None, student, loss_of(built),
                           steps_in_epoch=1)
     distiller.build((None, 8, 8, 3))
+    distiller.method.prepare(distiller._teacher_net, tf.data.Dataset.from_tensors(
+        (images, labels)))
     distiller.compile(optimizer=keras.optimizers.SGD(0.05))
     distiller.optimizer.build(distiller.trainable_variables)
     for stage in distiller.stage_plan.stages:

@@ -16,5 +16,5 @@ def is_dataset_name(name):
     kind, separator, argument = name.partition(":")
     return name in DATASET_NAMES or (bool(separator) and kind in DATASET_KINDS and bool(argument))
 
-RECIPES = ("kd_methods", "eccv2018", "crd2020")
+RECIPES = ("kd_methods", "eccv2018", "kd_tf2", "crd2020")
 DEFAULT_RECIPE = "kd_methods"

@@ -4,7 +4,8 @@ The authors' two recipes normalise with their constants, CIFAR-100's per-channel
 standard deviation listed in B, G, R order, while the images are RGB: red is centred with blue's
 mean and the other way round. Both of the authors' pipelines do this; it is kept so that the
 networks see the same inputs (it is only a different fixed affine map per channel, which the
-first convolution absorbs). crd2020 (RepDistiller) normalises with CIFAR-100's RGB constants.
+first convolution absorbs); their TF2 rewrite (kd_tf2) rounds the same constants to integers.
+crd2020 (RepDistiller) normalises with CIFAR-100's RGB constants.
 
 The authors' recipes augment normalised images; crd2020 augments the pixels and normalises
 after, as torchvision's transforms run before ToTensor and Normalize (`PIXEL_AUGMENTATIONS`).
@@ -24,9 +25,12 @@ CIFAR_STD = (70.4587, 65.4312, 68.2094)
 # 0.2761)) of [0, 1] RGB images, here on the 0-255 scale of the uint8 images.
 CRD_MEAN = tuple(255 * value for value in (0.5071, 0.4867, 0.4408))
 CRD_STD = tuple(255 * value for value in (0.2675, 0.2565, 0.2761))
+# Knowledge_distillation_via_TF2.0 `dataloader.py` (CIFAR-100): the constants above, rounded.
+KD_TF2_MEAN = (112.0, 124.0, 129.0)
+KD_TF2_STD = (70.0, 65.0, 68.0)
 # The constants each recipe normalises the CIFAR datasets with (mean, std per channel).
 CIFAR_NORMALIZATIONS = {"kd_methods": (CIFAR_MEAN, CIFAR_STD), "eccv2018": (CIFAR_MEAN, CIFAR_STD),
-                        "crd2020": (CRD_MEAN, CRD_STD)}
+                        "kd_tf2": (KD_TF2_MEAN, KD_TF2_STD), "crd2020": (CRD_MEAN, CRD_STD)}
 # The recipes whose augmentation acts on the pixel values, before normalisation.
 PIXEL_AUGMENTATIONS = ("crd2020",)
 PAD = 4
@@ -60,10 +64,11 @@ def crop(images, offsets, size):
     return tf.gather(rows, offsets[:, 1:] + window, axis=2, batch_dims=1)
 
 
-def zero_pad_and_crop(images, pad, seed):
-    """Zero-pads `pad` pixels on each side, then crops each image back to its size at its own
-    random offset, uniform in [0, 2 pad] along each axis."""
-    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]])
+def pad_and_crop(images, pad, seed, mode="CONSTANT"):
+    """Pads `pad` pixels on each side (`mode` of `tf.pad`: zeros, or "REFLECT"), then crops
+    each image back to its size at its own random offset, uniform in [0, 2 pad] along each
+    axis."""
+    padded = tf.pad(images, [[0, 0], [pad, pad], [pad, pad], [0, 0]], mode=mode)
     offsets = tf.random.stateless_uniform([tf.shape(images)[0], 2], seed, maxval=2 * pad + 1,
                                           dtype=tf.int32)
     return crop(padded, offsets, tf.shape(images)[1])
@@ -119,7 +124,18 @@ def eccv2018_augment(images, seed):
     max_angle = math.radians(MAX_ROTATION_DEGREES)
     images = rotate(images, tf.random.stateless_uniform(
         [batch], angle_seed, minval=-max_angle, maxval=max_angle))
-    return zero_pad_and_crop(images, pad, crop_seed)
+    return pad_and_crop(images, pad, crop_seed)
+
+
+@AUGMENTATIONS.register("kd_tf2")
+def kd_tf2_augment(images, seed):
+    """Knowledge_distillation_via_TF2.0 `dataloader.py` (`Cifar100`): random flip,
+    reflect-pad 4, random 32x32 crop, on normalised images, as kd_methods but mapped over
+    the images before batching, so the crop offsets are drawn per image (padding in
+    proportion at other sizes)."""
+    flip_seed, crop_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    images = random_flip_left_right(images, flip_seed)
+    return pad_and_crop(images, padding(images), crop_seed, mode="REFLECT")
 
 
 @AUGMENTATIONS.register("crd2020")
@@ -129,4 +145,4 @@ def crd2020_augment(images, seed):
     32x32 crop and a flip with probability 1/2, both drawn per image (padding in proportion at
     other sizes)."""
     crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
-    return random_flip_left_right(zero_pad_and_crop(images, padding(images), crop_seed), flip_seed)
+    return random_flip_left_right(pad_and_crop(images, padding(images), crop_seed), flip_seed)

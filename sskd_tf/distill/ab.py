@@ -34,11 +34,21 @@ The momentum reset meant at the switch never matches its variables (see fitnet.p
 so the momentum carries over. Weight decay of AB's own variables: the authors'
 arg_scope regularises the connector kernels and the connector BN's gamma and beta
 (5e-4 sum(w^2) / 2 each).
+
+The registered method `ab` (`AB`) trains by FitNet's stages (`fitnet.initialisation_stages`:
+`init_epochs` on this loss, then the task alone; the connectors, trained by the main
+stage's update too, move there by their weight decay and the momentum they carry). With
+`init_epochs=0` it sums CE and this loss every step instead (not the authors').
 """
+import dataclasses
+
 import tensorflow as tf
 
+from sskd_tf.distill.base import METHODS, DistillationMethod
 from sskd_tf.distill.feature_maps import (AUTHORS_WEIGHT_DECAY, Connector, apply_per_tap,
                                           build_per_tap)
+from sskd_tf.distill.fitnet import initialisation_stages
+from sskd_tf.distill.options import MethodOptions, option
 from sskd_tf.models import common
 
 AUTHORS_MARGIN = 1.0
@@ -77,3 +87,49 @@ def ab_loss(student_features, teacher_features, connectors, margin=AUTHORS_MARGI
         2.0 ** tap * activation_boundary_loss(student, tf.stop_gradient(teacher), margin)
         for tap, (student, teacher) in enumerate(zip(connected, teacher_features))
     ])
+
+
+@dataclasses.dataclass(frozen=True)
+class ABOptions(MethodOptions):
+    weight: float = option(AUTHORS_WEIGHT, "weight of the AB term (the authors' 3e-3)",
+                           at_least=0)
+    margin: float = option(AUTHORS_MARGIN, "margin m of the squared hinges (the authors' 1)",
+                           at_least=0)
+    init_epochs: int = option(
+        AUTHORS_INIT_EPOCHS, "epochs of AB-only initialisation before the task alone (the "
+        "authors' 40); 0: CE and AB together throughout", at_least=0)
+
+
+@METHODS.register("ab")
+class AB(DistillationMethod):
+    """Distillation of activation boundaries (Heo, Lee, Yun, Choi, AAAI 2019): through a
+    1x1 conv + BN connector per tap, the student learns the sign of each of the teacher's
+    neurons by the paper's squared hinge with margin m in place of its activation-transfer
+    loss, taps weighted 1, 2, 4 (KD_methods_with_TF `nets/Multiple.py: AB_distillation`).
+    As the authors, `init_epochs=40` epochs train the student's layers up to the last tap
+    and the connectors on this loss (+ their weight decay), then the task alone; the
+    paper's later fine-tuning is that plain CE. Widths may differ, spatial sizes must match."""
+
+    Options = ABOptions
+    library_name = "ABDistillation"
+
+    def stages(self):
+        if self.options.init_epochs:
+            return initialisation_stages(self.options.init_epochs)
+        return super().stages()
+
+    def build(self, student_out_shape, teacher_out_shape):
+        self.connectors = build_ab_connectors(student_out_shape["features"],
+                                              teacher_out_shape["features"])
+
+    def call(self, student_out, teacher_out, labels, training=False):
+        loss = ab_loss(student_out["features"], teacher_out["features"], self.connectors,
+                       self.options.margin, self.options.weight)
+        return {"ab": loss}
+
+    @classmethod
+    def search_space(cls, hp):
+        return {
+            "weight": hp.Float("weight", 1e-4, 1e-1, sampling="log", default=AUTHORS_WEIGHT),
+            "margin": hp.Float("margin", 0.25, 4.0, sampling="log", default=AUTHORS_MARGIN),
+        }

@@ -36,14 +36,23 @@ trainable variables, which include the connectors (attached to the student model
 5e-4 sum(w^2) / 2 on the connector kernels and the connector BN's gamma and beta as
 on the student's). Nesterov momentum 0.9, learning rate 0.1 multiplied by 0.2 (not
 0.1) at 30, 60 and 80 of 100 epochs, batch 128.
+
+The registered method `co` (`CO`) trains by that recipe, `kd_tf2` (training/recipes.py),
+unless a run names another. Its `prepare` computes the margins from the teacher it is
+given, before training; they are non-trainable weights of the method, so a checkpoint of
+the method's weights holds them. A training call before `prepare` is a UserError (zero
+margins would train silently against max(t, 0)).
 """
+import dataclasses
 import math
 
 import keras
 import tensorflow as tf
 
+from sskd_tf.distill.base import METHODS, DistillationMethod
 from sskd_tf.distill.feature_maps import (AUTHORS_WEIGHT_DECAY, Connector, apply_per_tap,
                                           build_per_tap)
+from sskd_tf.distill.options import MethodOptions, option
 from sskd_tf.errors import UserError
 
 AUTHORS_WEIGHT = 1e-3
@@ -78,7 +87,8 @@ def tap_batch_norms(model):
     for tap, feature in enumerate(model.output["features"]):
         if id(feature) not in producers:
             raise UserError(f"tap {tap} of {model.name!r} is not the output of a batch-norm "
-                            "layer: CO needs the pre-activation BN outputs (e.g. a WRN's taps)")
+                            "layer: CO needs taps that are BN outputs before their ReLU (the "
+                            "wrn{6n+4}_{k} networks' default taps, e.g. --teacher=wrn40_4)")
         batch_norms.append(producers[id(feature)])
     return batch_norms
 
@@ -121,3 +131,69 @@ def overhaul_loss(student_features, teacher_features, connectors, margins, weigh
         per_tap.append(partial_l2(student, target) / 2.0 ** (deepest - tap))
     batch = tf.cast(tf.shape(connected[0])[0], connected[0].dtype)
     return weight * tf.add_n(per_tap) / batch
+
+
+@dataclasses.dataclass(frozen=True)
+class COOptions(MethodOptions):
+    weight: float = option(
+        AUTHORS_WEIGHT, "weight of the CO term, before its 1 / B and the taps' 1 / 2^(n-1-i) "
+        "(the rewrite's 1e-3)", at_least=0)
+
+
+@METHODS.register("co")
+class CO(DistillationMethod):
+    """A comprehensive overhaul of feature distillation (Heo, Kim, Yun, Park, Kwak, Choi,
+    ICCV 2019): a 1x1 conv + BN connector per tap maps the student's pre-ReLU features to
+    the teacher's, whose negative responses are raised to a per-channel margin E[t | t < 0]
+    computed from the teacher's BN, compared by the paper's partial L2 distance, CE +
+    1e-3 / B sum_i L_i / 2^(n-1-i) summed (Knowledge_distillation_via_TF2.0
+    `distiller/CO.py`), by that code's recipe (`kd_tf2`). The teacher's taps must be BN
+    outputs before their ReLU (the wrn networks' default taps); `prepare` reads their BN.
+    Departs as the rewrite does (sskd_tf/distill/co.py): the margin ignores the BN's moving
+    statistics; the paper's feature position (before the ReLU) is the rewrite's."""
+
+    Options = COOptions
+    library_name = "CODistillation"
+    recipe = "kd_tf2"
+
+    def __init__(self, name=None, **options):
+        super().__init__(name=name, **options)
+        self._teacher_margins = None
+
+    def build(self, student_out_shape, teacher_out_shape):
+        teacher_shapes = teacher_out_shape["features"]
+        self.connectors = build_co_connectors(student_out_shape["features"], teacher_shapes)
+        self.margins = [
+            self.add_weight(name=f"margin{tap}", shape=(int(shape[-1]),), initializer="zeros",
+                            trainable=False)
+            for tap, shape in enumerate(teacher_shapes)]
+        if self._teacher_margins is not None:
+            self._assign_margins()
+
+    def prepare(self, teacher, train_ds):
+        """The margins of the teacher's taps (`teacher_margins`), from its BN parameters
+        alone (`train_ds` is not read); a UserError when a tap is not a BN output."""
+        self._teacher_margins = [margin.numpy() for margin in teacher_margins(teacher)]
+        if self.built:
+            self._assign_margins()
+
+    def _assign_margins(self):
+        widths = [margin.shape for margin in self._teacher_margins]
+        if widths != [tuple(weight.shape) for weight in self.margins]:
+            raise UserError(f"{self.name}: the teacher's taps have margins of shapes {widths}, "
+                            f"the method was built for {[tuple(w.shape) for w in self.margins]}")
+        for weight, margin in zip(self.margins, self._teacher_margins):
+            weight.assign(margin.astype(weight.dtype))
+
+    def call(self, student_out, teacher_out, labels, training=False):
+        if training and self._teacher_margins is None:
+            raise UserError(f"{self.name}: its margins come from the teacher's batch norms: "
+                            "call prepare(teacher, data) before training (sskd_tf.Distiller's "
+                            "fit and every run do)")
+        loss = overhaul_loss(student_out["features"], teacher_out["features"], self.connectors,
+                             self.margins, self.options.weight)
+        return {"co": loss}
+
+    @classmethod
+    def search_space(cls, hp):
+        return {"weight": hp.Float("weight", 1e-5, 1e-1, sampling="log", default=AUTHORS_WEIGHT)}

@@ -35,9 +35,16 @@ Schedule (`train_w_distill.py`, `op_util.py: Optimizer_w_Distillation`, "RKD" am
 the plain multi-task methods): no initialisation stage (`init_epoch` 0); every step
 descends CE + weight decay + this loss, Nesterov momentum 0.9. RKD has no variables
 of its own.
+
+The registered method `rkd` (`RKD`) reads the last tap of each network, and reports the
+two weighted terms apart (`rkd_distance`, `rkd_angle`; their sum is the authors' loss).
 """
+import dataclasses
+
 import tensorflow as tf
 
+from sskd_tf.distill.base import METHODS, DistillationMethod
+from sskd_tf.distill.options import MethodOptions, option
 from sskd_tf.errors import UserError
 
 AUTHORS_DISTANCE_WEIGHT = 25.0
@@ -74,10 +81,9 @@ def angle_potential(embedding):
     return tf.matmul(directions, directions, transpose_b=True)
 
 
-def rkd_loss(student_embedding, teacher_embedding, distance_weight=AUTHORS_DISTANCE_WEIGHT,
-             angle_weight=AUTHORS_ANGLE_WEIGHT):
-    """distance_weight * Huber(psi_D) + angle_weight * Huber(psi_A) of the row-normalised
-    [B, D_S] and [B, D_T] embeddings (the widths may differ). The teacher gets no gradient."""
+def rkd_terms(student_embedding, teacher_embedding):
+    """(Huber(psi_D), Huber(psi_A)), unweighted, of the row-normalised [B, D_S] and [B, D_T]
+    embeddings (the widths may differ). The teacher gets no gradient."""
     student_shape, teacher_shape = tuple(student_embedding.shape), tuple(teacher_embedding.shape)
     if len(student_shape) != 2 or len(teacher_shape) != 2:
         raise UserError(f"RKD needs [B, D] embeddings, got student {student_shape} and "
@@ -87,6 +93,56 @@ def rkd_loss(student_embedding, teacher_embedding, distance_weight=AUTHORS_DISTA
                         f"{student_shape[0]} and teacher {teacher_shape[0]}")
     student = tf.math.l2_normalize(student_embedding, axis=1)
     teacher = tf.math.l2_normalize(tf.stop_gradient(teacher_embedding), axis=1)
-    distance_loss = huber_loss(distance_potential(student), distance_potential(teacher))
-    angle_loss = huber_loss(angle_potential(student), angle_potential(teacher))
+    return (huber_loss(distance_potential(student), distance_potential(teacher)),
+            huber_loss(angle_potential(student), angle_potential(teacher)))
+
+
+def rkd_loss(student_embedding, teacher_embedding, distance_weight=AUTHORS_DISTANCE_WEIGHT,
+             angle_weight=AUTHORS_ANGLE_WEIGHT):
+    """distance_weight * Huber(psi_D) + angle_weight * Huber(psi_A) (`rkd_terms`)."""
+    distance_loss, angle_loss = rkd_terms(student_embedding, teacher_embedding)
     return distance_weight * distance_loss + angle_weight * angle_loss
+
+
+def embedding(feature_map):
+    """The mean of a [B, H, W, D] map over its positions, [B, D] (a [B, D] tap as it is):
+    what the authors' classifier reads after the last stage."""
+    return tf.reduce_mean(feature_map, axis=list(range(1, len(feature_map.shape) - 1)))
+
+
+@dataclasses.dataclass(frozen=True)
+class RKDOptions(MethodOptions):
+    distance_weight: float = option(
+        AUTHORS_DISTANCE_WEIGHT, "lambda_D, weight of the distance-wise Huber term (the "
+        "authors' 25)", at_least=0)
+    angle_weight: float = option(
+        AUTHORS_ANGLE_WEIGHT, "lambda_A, weight of the angle-wise Huber term (the authors' 50)",
+        at_least=0)
+
+
+@METHODS.register("rkd")
+class RKD(DistillationMethod):
+    """Relational knowledge distillation (Park, Kim, Lu, Cho, CVPR 2019): the distances
+    and angles among a batch's embeddings, the spatial means of each network's last tap,
+    compared by a Huber loss, CE + lambda_D L_D + lambda_A L_A summed (KD_methods_with_TF
+    `nets/Relation.py`, 25 and 50). Widths may differ; the other taps are not read.
+    Departs from the paper where the authors' code does (sskd_tf/distill/rkd.py): the
+    mean distance counts the B zero distances of the diagonal, floored at 1e-6."""
+
+    Options = RKDOptions
+    library_name = "RKDDistillation"
+
+    def call(self, student_out, teacher_out, labels, training=False):
+        distance, angle = rkd_terms(embedding(student_out["features"][-1]),
+                                    embedding(teacher_out["features"][-1]))
+        return {"rkd_distance": self.options.distance_weight * distance,
+                "rkd_angle": self.options.angle_weight * angle}
+
+    @classmethod
+    def search_space(cls, hp):
+        return {
+            "distance_weight": hp.Float("distance_weight", 1.0, 1e3, sampling="log",
+                                        default=AUTHORS_DISTANCE_WEIGHT),
+            "angle_weight": hp.Float("angle_weight", 1.0, 1e3, sampling="log",
+                                     default=AUTHORS_ANGLE_WEIGHT),
+        }

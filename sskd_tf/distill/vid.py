@@ -35,12 +35,20 @@ CE + weight decay + this loss with respect to the student and the regressors,
 Nesterov momentum 0.9. Weight decay of VID's own variables: the authors' arg_scope
 (`ResNet_arg_scope(5e-4)`) regularises the fc kernels and the BN gamma and beta
 (5e-4 sum(w^2) / 2 each); alpha (a bare `tf.get_variable`) is not regularised.
+
+The registered method `vid` (`VID`) owns one regressor per tap (their weights train and
+are checkpointed with the student; their regularisers put that weight decay in the
+method's `losses`, which every update that trains the method adds).
 """
+import dataclasses
+
 import keras
 import tensorflow as tf
 
+from sskd_tf.distill.base import METHODS, DistillationMethod
 from sskd_tf.distill.feature_maps import (AUTHORS_WEIGHT_DECAY, BN_EPSILON, BN_MOMENTUM,
                                           apply_per_tap, build_per_tap)
+from sskd_tf.distill.options import MethodOptions, option
 from sskd_tf.models import common
 
 AUTHORS_ALPHA_INIT = 5.0
@@ -112,3 +120,37 @@ def vid_loss(student_features, teacher_features, regressors):
         vid_tap_loss(tf.stop_gradient(teacher), mean, regressor.variance())
         for mean, teacher, regressor in zip(means, teacher_features, regressors)
     ])
+
+
+@dataclasses.dataclass(frozen=True)
+class VIDOptions(MethodOptions):
+    weight: float = option(
+        1.0, "weight of the VID term (the authors' function takes l=0.1 and never applies "
+        "it: 1)", at_least=0)
+
+
+@METHODS.register("vid")
+class VID(DistillationMethod):
+    """Variational information distillation (Ahn, Hu, Damianou, Lawrence, Dai, CVPR 2019):
+    per tap, -log q(t | s) of a Gaussian whose mean is regressed from the student's map
+    and whose per-channel variance is learned (the paper's variational bound on the
+    mutual information), CE + the taps' sum, summed (KD_methods_with_TF
+    `nets/Multiple.py: VID`). Departs from the paper as the authors' code does
+    (sskd_tf/distill/vid.py): the variance is at least 1, the loss a mean over batch,
+    positions and channels, the mean a batch-normalised map. The authors never call it
+    (no VID row in their table): here it reads every tap, as their other multi-map losses."""
+
+    Options = VIDOptions
+    library_name = "VIDDistillation"
+
+    def build(self, student_out_shape, teacher_out_shape):
+        self.regressors = build_vid_regressors(student_out_shape["features"],
+                                               teacher_out_shape["features"])
+
+    def call(self, student_out, teacher_out, labels, training=False):
+        loss = vid_loss(student_out["features"], teacher_out["features"], self.regressors)
+        return {"vid": self.options.weight * loss}
+
+    @classmethod
+    def search_space(cls, hp):
+        return {"weight": hp.Float("weight", 1e-2, 1e2, sampling="log", default=1.0)}

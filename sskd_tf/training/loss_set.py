@@ -28,13 +28,27 @@ def select(outputs, route):
 
 
 class _TapSelection:
-    """A network restricted to some of its taps: what one loss of a `LossSet` sees."""
+    """A network restricted to some of its taps: what one loss of a `LossSet` sees, called
+    and read as a model (its name, its layers and its symbolic output, the features
+    restricted likewise), so that a method's `prepare` finds the layers behind its taps."""
 
     def __init__(self, network, route):
         self.network, self.route = network, route
 
     def __call__(self, images, training=False):
         return select(self.network(images, training=training), self.route)
+
+    @property
+    def name(self):
+        return self.network.name
+
+    @property
+    def layers(self):
+        return self.network.layers
+
+    @property
+    def output(self):
+        return select(self.network.output, self.route)
 
 
 def _snake(name):

@@ -1,5 +1,6 @@
-"""The authors' two training recipes (docs/method.md section 5) and RepDistiller's, the
-benchmark of CRD (Tian et al., ICLR 2020) and its successors (docs/models.md)."""
+"""The authors' training recipes (docs/method.md section 5): KD_methods_with_TF's, SSKD_SVD's
+and their TF2 rewrite's; and RepDistiller's, the benchmark of CRD (Tian et al., ICLR 2020)
+and its successors (docs/models.md)."""
 import dataclasses
 
 from sskd_tf.registry import Registry
@@ -67,6 +68,20 @@ RECIPES.register("crd2020", Recipe(
     lr_decay_rate=0.1, weight_decay=5e-4, eval_batch_size=32, nesterov=False, epoch_cut="pass",
     network_learning_rates=tuple((f"crd:{network}", 0.01)
                                  for network in ("MobileNetV2", "ShuffleV1", "ShuffleV2")),
+))
+
+
+# Knowledge_distillation_via_TF2.0 `train_w_distillation.py` and `op_util.py` (its CO result,
+# WRN-40-4 -> WRN-16-4): Keras' SGD(0.1, 0.9, nesterov=True), lr x0.2 (its --decay_rate) from
+# the 0-based epochs int(100 p), p in (0.3, 0.6, 0.8), set at each epoch's start; weight_decay
+# * v added to the gradient of every trainable variable (the gradient of the L2 losses
+# wd * sum(w^2) / 2 that the wrn networks and the methods' layers attach to all of theirs);
+# each epoch one pass of batches of 128 whose last is partial (`batch` keeps the remainder:
+# epoch cut "pass"); validation in batches of 200. Its shuffle draws from a 12,800-image
+# buffer, not the whole set; this port shuffles the whole set.
+RECIPES.register("kd_tf2", Recipe(
+    learning_rate=0.1, batch_size=128, epochs=100, lr_decay_points=(0.3, 0.6, 0.8),
+    lr_decay_rate=0.2, weight_decay=5e-4, optimizer="keras_sgd", epoch_cut="pass",
 ))
 
 
