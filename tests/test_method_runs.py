@@ -23,7 +23,8 @@ from sskd_tf.training.callbacks import read_history
 from sskd_tf.training.config import RunConfig
 from sskd_tf.losses import loss_of
 from sskd_tf.training.distiller import Distiller
-from sskd_tf.training.run import train
+from sskd_tf.training.run import needs_trained_teacher, train
+from toy_networks import pre_activation_network
 
 
 def _toy(seed, widths=(4, 8, 8)):
@@ -40,23 +41,7 @@ def _toy(seed, widths=(4, 8, 8)):
     return keras.Model(inputs, {"logits": logits, "features": taps})
 
 
-def _pre_activation_toy(seed, widths=(4, 8, 8)):
-    """`_toy` with a batch norm before each ReLU, whose output is the tap."""
-    initializer = keras.initializers.RandomNormal(stddev=0.3, seed=seed)
-    x = inputs = keras.Input((8, 8, 3))
-    taps = []
-    for width, stride in zip(widths, (1, 2, 2)):
-        x = keras.layers.BatchNormalization()(keras.layers.Conv2D(
-            width, 3, strides=stride, padding="same", kernel_initializer=initializer)(x))
-        taps.append(x)
-        x = keras.layers.ReLU()(x)
-    logits = keras.layers.Dense(5, kernel_initializer=initializer)(
-        keras.layers.GlobalAveragePooling2D()(x))
-    return keras.Model(inputs, {"logits": logits, "features": taps})
-
-
-# The toy networks of the methods that read other taps than `_toy`'s post-ReLU maps.
-TOYS = {"co": _pre_activation_toy}
+TOYS = {"co": pre_activation_network}
 
 
 @pytest.mark.parametrize("method", METHOD_NAMES)
@@ -113,15 +98,23 @@ def check_run(train_dir, epochs):
 
 
 @pytest.mark.parametrize("method, options, term", [
-    ("soft_logits", {}, "soft_logits_loss"),
-    ("at", {}, "attention_loss"),
+    ("soft_logits", {}, "soft_logits_loss"),  # logits
+    ("at", {}, "attention_loss"),  # maps
+    ("crd", {"num_negatives": 16}, "crd_loss"),  # the examples' indices, memory banks
+    ("dml", {}, "dml_loss"),  # a peer trained from its initialisation, in the same step
 ])
 def test_a_method_of_each_kind_trains_an_epoch(method, options, term, teacher_run, tmp_path):
+    pretrained = needs_trained_teacher(method)
     train(RunConfig(method=method, method_options=options, train_dir=str(tmp_path),
-                    teacher_weights=os.path.join(teacher_run, "student.keras"), **TINY))
+                    teacher_weights=os.path.join(teacher_run, "student.keras") if pretrained
+                    else None, **TINY))
     results, history = check_run(str(tmp_path), epochs=1)
     assert results["method"] == method and not os.path.exists(tmp_path / "teacher")
     assert float(history[0][term]) > 0
+    peer_accuracy = results["trained_teacher_last_val_accuracy"]
+    assert (peer_accuracy is None) == pretrained
+    if not pretrained:  # the peer's own validation, beside the student's
+        assert 0 <= peer_accuracy <= 1 and "val_teacher_accuracy" in history[0]
 
 
 def test_a_stage_method_trains_its_initialisation_epochs_first(teacher_run, tmp_path):

@@ -16,6 +16,7 @@ from sskd_tf.distill import METHODS
 from sskd_tf.distill.co import tap_batch_norms
 from sskd_tf.errors import UserError
 from sskd_tf.training.distiller import Distiller
+from toy_networks import pre_activation_network
 from sskd_tf.training.loss_set import _TapSelection
 from test_ab_loss import reference_connected as ab_connected
 from test_ab_loss import reference_tap_loss as ab_tap_loss
@@ -187,24 +188,10 @@ def test_ab_stages_train_student_and_connectors_on_ab_then_the_task_alone():
     assert history.history["ab_loss"][0] > 0
 
 
-def _pre_activation_network(seed, widths):
-    """Conv -> BN (the tap) -> ReLU per stage, the taps of `widths` at 8, 4, 2 pixels."""
-    initializer = keras.initializers.RandomNormal(stddev=0.5, seed=seed)
-    x = inputs = keras.Input((8, 8, 3))
-    taps = []
-    for width, stride in zip(widths, (1, 2, 2)):
-        x = keras.layers.BatchNormalization()(keras.layers.Conv2D(
-            width, 3, strides=stride, padding="same", kernel_initializer=initializer)(x))
-        taps.append(x)
-        x = keras.layers.ReLU()(x)
-    logits = keras.layers.Dense(5)(keras.layers.GlobalAveragePooling2D()(x))
-    return keras.Model(inputs, {"logits": logits, "features": taps})
-
-
 def test_co_prepares_its_margins_from_the_teacher_and_matches_the_transcription():
     rng = np.random.default_rng(4)
     with float64_layers():
-        teacher = _pre_activation_network(5, [shape[-1] for shape in TEACHER_TAPS])
+        teacher = pre_activation_network(5, [shape[-1] for shape in TEACHER_TAPS], stddev=0.5)
     batch_norms = [layer for layer in teacher.layers
                    if isinstance(layer, keras.layers.BatchNormalization)]
     randomise_affine_weights(batch_norms, rng)
