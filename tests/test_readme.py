@@ -95,3 +95,40 @@ def _table_rows(markdown):
     """The cells of a markdown table's body rows (the first table of `markdown`)."""
     lines = [line for line in markdown.splitlines() if line.startswith("|")]
     return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[2:]]
+
+
+def _benchmark_commands():
+    """(literature row, argv) of each row of the README's "Today's benchmark" table."""
+    section = readme_section("Today's benchmark (the CRD suite)")
+    header = re.search(r"\| Flags after `python main.py ([^`]*)` \|", section).group(1)
+    commands = []
+    for row in re.findall(r"^\| (.+?) \| [^|]+ \| [^|]+ \| `([^`]*)` \|$", section, flags=re.M):
+        commands.append((row[0], ["main.py", *header.split(), *row[1].split()]))
+    return commands
+
+
+def test_todays_benchmark_commands_are_runs_of_the_suites_pair_and_recipe():
+    """Each command of the "Today's benchmark" table parses into a run of the CRD recipe on
+    crd:resnet32x4 -> crd:resnet8x4, with options its method accepts, for every method the
+    literature column names."""
+    import copy
+
+    from absl import flags as absl_flags
+
+    import flags  # noqa: F401  (defines main.py's flags)
+    from sskd_tf.distill import METHODS
+    from sskd_tf.modes.run_config import config_from_flags
+
+    commands = _benchmark_commands()
+    methods = set()
+    for label, argv in commands:
+        flag_values = copy.deepcopy(absl_flags.FLAGS)
+        flag_values(argv)
+        config = config_from_flags(flag_values)
+        assert (config.recipe, config.teacher, config.student, config.dataset) == (
+            "crd2020", "crd:resnet32x4", "crd:resnet8x4", "cifar100"), label
+        options = METHODS.get(config.method).Options.of(config.method, **config.method_options)
+        methods.add(config.method)
+        if "logit standardization" in label:
+            assert options.logit_standardization and options.temperature == 2
+    assert methods == {"soft_logits", "crd", "dkd", "svd"}

@@ -25,14 +25,14 @@ LEARNING_RATE = 0.1
 WEIGHT_DECAY = 5e-3
 
 
-def _toy(seed):
-    """8x8x3 images -> taps 8x8x4 (tall: HW > D), 4x4x8 (tall), 2x2x8 (wide: HW < D), the
-    first two after batch norm; logits of 5 classes; L2-decayed kernels."""
+def _toy(seed, widths=(4, 8, 8)):
+    """8x8x3 images -> taps 8x8x4 (tall: HW > D), 4x4x8 (tall), 2x2x8 (wide: HW < D) of
+    `widths`, the first two after batch norm; logits of 5 classes; L2-decayed kernels."""
     initializer = keras.initializers.RandomNormal(stddev=0.3, seed=seed)
     decay = keras.regularizers.L2(WEIGHT_DECAY / 2)
     x = inputs = keras.Input((8, 8, 3))
     taps = []
-    for index, (width, stride) in enumerate(zip((4, 8, 8), (1, 2, 2))):
+    for index, (width, stride) in enumerate(zip(widths, (1, 2, 2))):
         x = keras.layers.Conv2D(width, 3, strides=stride, padding="same", use_bias=False,
                                 kernel_initializer=initializer, kernel_regularizer=decay)(x)
         if index < 2:
@@ -98,7 +98,9 @@ def _assert_moved_by(variables, before, gradients):
 
 
 def test_ft_trains_the_paraphraser_first_then_the_student_and_translator():
-    student, teacher = _toy(1), _toy(2)
+    # A teacher map of 32 channels: factors of 32 / 8 = 4 channels (a factor of one channel,
+    # x / |x|, has no gradient, so the translator would move by its weight decay alone).
+    student, teacher = _toy(1), _toy(2, widths=(4, 8, 32))
     loss = losses.FTDistillation(init_epochs=1)
     distiller = _distiller(teacher, student, loss)
     method = loss.method
