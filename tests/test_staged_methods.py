@@ -212,10 +212,13 @@ def _copy(network, seed):
     return copy
 
 
-def _dml_check(peer_batch_norm):
+def _dml_check(peer_batch_norm=None):
+    """The peer's BN statistics that moved in a step checked against `_dml_step_by_hand`
+    (peer_batch_norm None: the method's default)."""
     student, peer = _toy(5), _toy(6)
     reference_student, reference_peer = _copy(student, 7), _copy(peer, 8)
-    distiller = _distiller(peer, student, losses.DMLDistillation(peer_batch_norm=peer_batch_norm))
+    options = {} if peer_batch_norm is None else {"peer_batch_norm": peer_batch_norm}
+    distiller = _distiller(peer, student, losses.DMLDistillation(**options))
     images, labels = _batch(2)
     views = (images, images[::-1] * 0.5 + 0.1)
     peer_statistics = _values(peer.non_trainable_variables)
@@ -233,7 +236,7 @@ def _dml_check(peer_batch_norm):
 
 
 def test_dml_updates_the_student_then_the_peer_its_statistics_frozen_as_the_authors():
-    assert not any(_dml_check("inference"))
+    assert not any(_dml_check())  # the default: the authors' peer in inference mode
 
 
 def test_dml_peer_statistics_move_in_its_own_update_with_the_option():
