@@ -72,7 +72,7 @@ def first_run_table(section):
 
 @pytest.mark.slow
 def test_the_first_run_gives_the_readme_table_digit_for_digit(tmp_path):
-    """The whole first run (about 9 minutes on 2 cores): its teacher line and every
+    """The whole first run (about 3 minutes on 2 idle cores): its teacher line and every
     accuracy cell of its table equal the README's (the step times are this machine's)."""
     import subprocess
     import sys
